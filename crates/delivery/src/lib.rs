@@ -1,0 +1,1 @@
+//! Delivery gRPC server and destination drivers. Filled in by the delivery issue.

@@ -1,0 +1,1 @@
+//! Source adapters (HTTP Events API, webhook, S3 notifications). Filled in by the ingest issues.

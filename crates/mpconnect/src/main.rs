@@ -1,0 +1,4 @@
+fn main() -> anyhow::Result<()> {
+    println!("mpconnect {}", env!("CARGO_PKG_VERSION"));
+    Ok(())
+}

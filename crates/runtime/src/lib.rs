@@ -1,0 +1,1 @@
+//! Shared stage machinery (config, telemetry, queues, object store). Filled in by the queue issue.

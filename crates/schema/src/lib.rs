@@ -1,0 +1,112 @@
+//! mpconnect's canonical event schema and the mParticle JSON codec. Pure: no I/O.
+//!
+//! - [`v1`]: the protobuf types generated from `proto/mpconnect/v1/event.proto`.
+//! - [`decode_batch`] / [`decode_batches`]: mParticle JSON of either dialect into [`v1::Batch`],
+//!   lenient where mParticle and its SDKs are, strict where mParticle answers 400.
+//! - [`encode_batch`] / [`encode_batches`]: a batch back into the [`Dialect`] asked for.
+//! - [`limits`]: mParticle's documented limits and the truncation it applies to S2S data.
+
+pub mod json;
+pub mod limits;
+mod validate;
+
+pub use validate::{ValidationError, validate, validate_historical};
+
+/// The generated protobuf types of `mpconnect.v1`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/mpconnect.v1.rs"));
+}
+
+use serde::de::DeserializeSeed;
+
+/// The two JSON shapes mParticle uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// What the Events API takes: int64s as numbers, `user_identities` as an object.
+    Inbound,
+    /// What mParticle's Webhook, S3 and other outputs write: int64s as strings,
+    /// `user_identities` as an array of `{identity_type, identity, ...}`.
+    Outbound,
+}
+
+/// Why a body could not be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON, or not shaped like a batch at all.
+    #[error("Malformed JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// JSON that mParticle would answer with 400; every problem found, in document order.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<ValidationError>),
+}
+
+/// Reads one batch object without validating it (both dialects; unknown fields kept).
+pub fn parse_batch(json: &[u8]) -> Result<v1::Batch, serde_json::Error> {
+    let mut d = serde_json::Deserializer::from_slice(json);
+    let batch = json::BatchSeed.deserialize(&mut d)?;
+    d.end()?;
+    Ok(batch)
+}
+
+/// Reads a body that is one batch object or an array of them, without validating.
+pub fn parse_batches(json: &[u8]) -> Result<Vec<v1::Batch>, serde_json::Error> {
+    let mut d = serde_json::Deserializer::from_slice(json);
+    let batches = json::BatchesSeed.deserialize(&mut d)?;
+    d.end()?;
+    Ok(batches)
+}
+
+/// Reads and validates one batch object.
+pub fn decode_batch(json: &[u8]) -> Result<v1::Batch, DecodeError> {
+    let batch = parse_batch(json)?;
+    validate(&batch).map_err(DecodeError::Invalid)?;
+    Ok(batch)
+}
+
+/// Reads and validates a batch object or an array of them. Error paths start with the batch's
+/// index (`[3].events[0].data.event_name`) when the body is an array.
+pub fn decode_batches(json: &[u8]) -> Result<Vec<v1::Batch>, DecodeError> {
+    let is_array = json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let batches = parse_batches(json)?;
+    let mut errors = Vec::new();
+    for (i, batch) in batches.iter().enumerate() {
+        if let Err(found) = validate(batch) {
+            errors.extend(found.into_iter().map(|mut e| {
+                if is_array {
+                    e.path = format!("[{i}].{}", e.path);
+                }
+                e
+            }));
+        }
+    }
+    if errors.is_empty() {
+        Ok(batches)
+    } else {
+        Err(DecodeError::Invalid(errors))
+    }
+}
+
+/// Writes one batch as a JSON object of the given dialect.
+pub fn encode_batch(batch: &v1::Batch, dialect: Dialect) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    encode_batch_into(batch, dialect, &mut out);
+    out
+}
+
+/// Appends one batch as a JSON object to `out` (for NDJSON files and request bodies).
+pub fn encode_batch_into(batch: &v1::Batch, dialect: Dialect, out: &mut Vec<u8>) {
+    json::write_batch(batch, &mut json::write::Writer::new(out), dialect);
+}
+
+/// Writes batches as a JSON array (the body of `/v2/bulkevents`).
+pub fn encode_batches(batches: &[v1::Batch], dialect: Dialect) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024 * batches.len().max(1));
+    let mut w = json::write::Writer::new(&mut out);
+    w.begin_array();
+    for batch in batches {
+        json::write_batch(batch, &mut w, dialect);
+    }
+    w.end_array();
+    out
+}

@@ -1,0 +1,1 @@
+//! Queue consumer, connection rules, routing and the delivery client. Filled in by the transform issue.
