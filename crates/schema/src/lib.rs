@@ -110,3 +110,17 @@ pub fn encode_batches(batches: &[v1::Batch], dialect: Dialect) -> Vec<u8> {
     w.end_array();
     out
 }
+
+/// Clears what only mParticle's outputs write (`message_type`, `message_id`, `unique_id`,
+/// `system_notifications`, and per event `message_id`, `message_type`), before a batch that
+/// came from a Webhook or S3 output is sent to the Events API.
+pub fn strip_for_events_api(batch: &mut v1::Batch) {
+    batch.message_type = None;
+    batch.message_id = None;
+    batch.unique_id = None;
+    batch.system_notifications = None;
+    for event in &mut batch.events {
+        event.message_id = None;
+        event.message_type = None;
+    }
+}

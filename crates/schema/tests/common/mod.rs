@@ -1,6 +1,8 @@
 //! Helpers shared by the schema crate's integration tests.
 #![allow(dead_code)]
 
+pub mod generate;
+
 use std::path::PathBuf;
 
 use serde_json::Value;
