@@ -124,3 +124,27 @@ pub fn strip_for_events_api(batch: &mut v1::Batch) {
         event.message_type = None;
     }
 }
+
+/// Checks shared by the fuzz target and the test suite.
+#[doc(hidden)]
+pub mod testing {
+    use super::*;
+
+    /// The decoder's contract on any input: it never panics; whatever it reads, the outbound
+    /// dialect writes back without loss; the inbound dialect writes JSON it reads again; and
+    /// validation answers.
+    pub fn check_round_trip(bytes: &[u8]) {
+        let Ok(batches) = parse_batches(bytes) else {
+            return;
+        };
+        let outbound = encode_batches(&batches, Dialect::Outbound);
+        let again = parse_batches(&outbound).expect("our outbound output parses");
+        assert_eq!(again, batches, "the outbound round trip is lossless");
+        let inbound = encode_batches(&batches, Dialect::Inbound);
+        parse_batches(&inbound).expect("our inbound output parses");
+        for batch in &batches {
+            let _ = validate(batch);
+            let _ = validate_historical(batch, 0);
+        }
+    }
+}

@@ -90,9 +90,7 @@ fn truncate_attributes(attrs: &mut Attributes, list_entry_chars: usize, t: &mut 
 fn truncate_value(value: &mut Value, max: usize, list_entry_chars: usize, t: &mut Truncations) {
     match &mut value.kind {
         Some(value::Kind::StringValue(s)) => {
-            if truncate_chars(s, max) {
-                t.attribute_values += 1;
-            }
+            t.attribute_values += usize::from(truncate_chars(s, max))
         }
         Some(value::Kind::ListValue(list)) => {
             for v in &mut list.values {

@@ -46,17 +46,17 @@ fn the_validator_rejects_what_the_schema_forbids() {
     // Proves the validator is live (and the $ref resolved), so the passes below mean something.
     let v = bulk_validator();
     assert!(
-        !errors(&v, br#"[{"events":[]}]"#).is_empty(),
+        !errors(v, br#"[{"events":[]}]"#).is_empty(),
         "environment is required"
     );
     assert!(
         !errors(
-            &v,
+            v,
             br#"[{"environment":"production","events":[{"event_type":"nope","data":{}}]}]"#
         )
         .is_empty()
     );
-    assert!(errors(&v, br#"[{"environment":"production","events":[]}]"#).is_empty());
+    assert!(errors(v, br#"[{"environment":"production","events":[]}]"#).is_empty());
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn official_sample_reencoded_validates() {
     let v = bulk_validator();
     let batch = decode_batch(&read(reference("mparticle.inbound.eventsapi.sample.json"))).unwrap();
     let bulk = encode_batches(&[batch], Dialect::Inbound);
-    assert_eq!(errors(&v, &bulk), Vec::<String>::new());
+    assert_eq!(errors(v, &bulk), Vec::<String>::new());
 }
 
 #[test]
@@ -110,7 +110,7 @@ fn outbound_fixture_converted_to_inbound_validates_after_stripping_non_schema_fi
         }
     }
     let bulk = encode_batches(&[batch], Dialect::Inbound);
-    assert_eq!(errors(&v, &bulk), Vec::<String>::new());
+    assert_eq!(errors(v, &bulk), Vec::<String>::new());
 }
 
 proptest! {
@@ -123,7 +123,7 @@ proptest! {
         let mut bulk = b"[".to_vec();
         bulk.extend_from_slice(&json);
         bulk.push(b']');
-        let found = errors(&v, &bulk);
+        let found = errors(v, &bulk);
         prop_assert!(found.is_empty(), "{:?}\n{}", found, String::from_utf8_lossy(&json));
     }
 }

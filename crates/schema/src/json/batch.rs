@@ -8,8 +8,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::value::RawValue;
 
 use super::read::{
-    Extra, Fields, Fit, Key, Kind, KindSeed, Msg, capture_map, capture_seq, next_raw, raw_scalars,
-    write_extra, write_message,
+    Extra, Fields, Fit, Key, Kind, KindSeed, Msg, Scalar, ScalarSeed, capture_map, capture_seq,
+    next_raw, raw_scalars, write_extra, write_message,
 };
 use super::write::Writer;
 use crate::Dialect;
@@ -259,11 +259,16 @@ impl<'de> Visitor<'de> for EventVisitor {
             match &*key.0 {
                 "event_type" => {
                     type_seen = true;
-                    let raw = next_raw(&mut map)?;
-                    event.kind = serde_json::from_str::<&str>(&raw).ok().and_then(kind_for);
+                    let value = map.next_value_seed(ScalarSeed)?;
+                    event.kind = match &value {
+                        Scalar::Str(name) => kind_for(name),
+                        _ => None,
+                    };
                     if event.kind.is_none() {
                         // Missing or unknown: validation reports it with the value sent.
-                        extra.insert("event_type".to_owned(), raw);
+                        extra.insert("event_type".to_owned(), value.into_raw());
+                    } else {
+                        extra.remove("event_type");
                     }
                 }
                 "data" if type_seen => {
@@ -409,27 +414,41 @@ impl<'de> Visitor<'de> for BatchVisitor {
         let mut extra = Extra::new();
         while let Some(key) = map.next_key::<Key>()? {
             match &*key.0 {
+                // A repeated key: the last one wins, in the field or in `extra`.
                 "events" => match map.next_value_seed(EventsSeed)? {
-                    Ok(events) => batch.events = events,
+                    Ok(events) => {
+                        batch.events = events;
+                        extra.remove("events");
+                    }
                     Err(raw) => {
+                        batch.events.clear();
                         extra.insert("events".to_owned(), raw);
                     }
                 },
                 "environment" => {
-                    let raw = next_raw(&mut map)?;
-                    match serde_json::from_str::<&str>(&raw)
-                        .ok()
-                        .and_then(environment_from_name)
-                    {
-                        Some(environment) => batch.set_environment(environment),
+                    let value = map.next_value_seed(ScalarSeed)?;
+                    let environment = match &value {
+                        Scalar::Str(name) => environment_from_name(name),
+                        _ => None,
+                    };
+                    match environment {
+                        Some(environment) => {
+                            batch.set_environment(environment);
+                            extra.remove("environment");
+                        }
                         None => {
-                            extra.insert("environment".to_owned(), raw);
+                            batch.set_environment(Environment::Unspecified);
+                            extra.insert("environment".to_owned(), value.into_raw());
                         }
                     }
                 }
                 "user_identities" => match map.next_value_seed(KindSeed::<Identities>::new())? {
-                    Ok(identities) => batch.user_identities = Some(identities),
+                    Ok(identities) => {
+                        batch.user_identities = Some(identities);
+                        extra.remove("user_identities");
+                    }
                     Err(raw) => {
+                        batch.user_identities = None;
                         extra.insert("user_identities".to_owned(), raw);
                     }
                 },

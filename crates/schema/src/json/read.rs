@@ -167,6 +167,15 @@ impl Scalar<'_> {
     }
 }
 
+/// Reads any value as a [`Scalar`], borrowing text from the input where it can.
+pub struct ScalarSeed;
+impl<'de> DeserializeSeed<'de> for ScalarSeed {
+    type Value = Scalar<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar<'de>, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
 pub struct ScalarVisitor;
 
 impl<'de> Visitor<'de> for ScalarVisitor {
@@ -228,6 +237,12 @@ pub struct KindSeed<K>(PhantomData<K>);
 impl<K> KindSeed<K> {
     pub fn new() -> Self {
         KindSeed(PhantomData)
+    }
+}
+
+impl<K> Default for KindSeed<K> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -666,9 +681,16 @@ macro_rules! fields {
             ) -> Result<bool, A::Error> {
                 match key {
                     $(stringify!($field) => {
+                        // A repeated key: the last one wins, in the field or in `extra`.
                         match map.next_value_seed($crate::json::read::KindSeed::<$kind>::new())? {
-                            Ok(v) => self.$field = Some(v),
+                            Ok(v) => {
+                                self.$field = Some(v);
+                                if !extra.is_empty() {
+                                    extra.remove(key);
+                                }
+                            }
                             Err(raw) => {
+                                self.$field = None;
                                 extra.insert(key.to_owned(), raw);
                             }
                         }
