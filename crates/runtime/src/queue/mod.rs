@@ -1,0 +1,202 @@
+//! The queue contract every stage moves data through, with SQS semantics, and its backends.
+//!
+//! At-least-once: a received message comes back after its visibility timeout unless it is
+//! acknowledged; after `max_receives` receives it moves to the dead-letter queue instead. Both
+//! backends honour the same contract; `tests/queue_contract.rs` runs one suite against both.
+
+mod claim_check;
+mod embedded;
+mod sqs;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use claim_check::{ClaimChecked, DEFAULT_CLAIM_CHECK_THRESHOLD, plain_size};
+pub use embedded::{EmbeddedDb, EmbeddedQueue, Sync as EmbeddedSync};
+pub use sqs::{SqsQueue, SqsSettings};
+
+use crate::store::StoreError;
+
+/// Message attributes: string keys to string values (SQS allows at most 10 per message).
+pub type Attributes = BTreeMap<String, String>;
+
+/// Attribute names every stage agrees on.
+pub mod attr {
+    /// W3C trace context of the batch.
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+    /// The source (or connection) the data came from.
+    pub const SOURCE: &str = "mp-source";
+    /// The body's format, e.g. `application/x-protobuf; type=mpconnect.v1.Batch`.
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// Set by [`super::ClaimChecked`]: the object store key holding the real body.
+    pub const CLAIM_CHECK: &str = "mp-claim-check";
+}
+
+/// A message to send.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Message {
+    pub body: Bytes,
+    pub attributes: Attributes,
+    /// Held back this long before the first receive (SQS caps it at 15 minutes).
+    pub delay: Duration,
+}
+
+impl Message {
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Message {
+            body: body.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn with_attribute(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+/// Proof of one receive of one message: what `ack`, `nack` and `extend` take.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Receipt(pub String);
+
+/// A received message, invisible to other consumers until its visibility timeout.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub message_id: String,
+    pub receipt: Receipt,
+    pub body: Bytes,
+    pub attributes: Attributes,
+    /// How many times it has been received, this time included (1 on the first).
+    pub receive_count: u32,
+    /// When it was first sent, for queue-wait time.
+    pub sent_at_ms: i64,
+}
+
+/// How to receive.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveOptions {
+    /// At most this many (1 to 10, as SQS).
+    pub max_messages: usize,
+    /// Long polling: wait up to this long for a first message (SQS caps it at 20 s).
+    pub wait: Duration,
+    /// How long the messages stay invisible to others unless acknowledged or extended.
+    pub visibility: Duration,
+}
+
+impl Default for ReceiveOptions {
+    fn default() -> Self {
+        ReceiveOptions {
+            max_messages: 10,
+            wait: Duration::from_secs(1),
+            visibility: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Approximate size, for metrics and scaling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    /// Ready to be received.
+    pub visible: u64,
+    /// Received and neither acknowledged nor timed out.
+    pub in_flight: u64,
+    /// Sent or nacked with a delay that has not passed.
+    pub delayed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue cannot be reached or did not take the request; retrying may succeed.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// The request itself is wrong (too large, too many attributes); retrying will not help.
+    #[error("message rejected: {0}")]
+    Rejected(String),
+    /// The receipt no longer holds the message: it timed out and may be with another consumer.
+    #[error("the message is no longer in flight with this receipt")]
+    NotInFlight,
+    #[error("claim check: {0}")]
+    Store(#[from] StoreError),
+    #[error("queue configuration: {0}")]
+    Config(String),
+}
+
+/// The operations every backend provides. Futures are `Send`, so stages can spawn them.
+pub trait Queue: Send + Sync {
+    /// The queue's name (or URL), for logs and metrics.
+    fn name(&self) -> &str;
+    /// Sends every message, or fails; on failure some may have been sent (at-least-once).
+    fn send(&self, messages: Vec<Message>) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Receives up to `max_messages`, waiting up to `wait` for the first.
+    fn receive(
+        &self,
+        options: ReceiveOptions,
+    ) -> impl Future<Output = Result<Vec<Received>, QueueError>> + Send;
+    /// Deletes the messages: done with them.
+    fn ack(&self, receipts: &[Receipt]) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Gives a message back, to be received again after `delay`.
+    fn nack(
+        &self,
+        receipt: &Receipt,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Keeps a message invisible for `visibility` from now (a heartbeat for slow work).
+    fn extend(
+        &self,
+        receipt: &Receipt,
+        visibility: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Approximate depth.
+    fn depth(&self) -> impl Future<Output = Result<Depth, QueueError>> + Send;
+}
+
+/// Either backend, chosen by configuration at start-up.
+#[derive(Clone)]
+pub enum AnyQueue {
+    Sqs(SqsQueue),
+    Embedded(EmbeddedQueue),
+}
+
+macro_rules! delegate {
+    ($self:ident, $q:ident => $e:expr) => {
+        match $self {
+            AnyQueue::Sqs($q) => $e,
+            AnyQueue::Embedded($q) => $e,
+        }
+    };
+}
+
+impl Queue for AnyQueue {
+    fn name(&self) -> &str {
+        delegate!(self, q => q.name())
+    }
+    async fn send(&self, messages: Vec<Message>) -> Result<(), QueueError> {
+        delegate!(self, q => q.send(messages).await)
+    }
+    async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Received>, QueueError> {
+        delegate!(self, q => q.receive(options).await)
+    }
+    async fn ack(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
+        delegate!(self, q => q.ack(receipts).await)
+    }
+    async fn nack(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError> {
+        delegate!(self, q => q.nack(receipt, delay).await)
+    }
+    async fn extend(&self, receipt: &Receipt, visibility: Duration) -> Result<(), QueueError> {
+        delegate!(self, q => q.extend(receipt, visibility).await)
+    }
+    async fn depth(&self) -> Result<Depth, QueueError> {
+        delegate!(self, q => q.depth().await)
+    }
+}
+
+/// Dead-lettering: after this many receives a message moves to the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct Redrive<Q> {
+    pub max_receives: u32,
+    pub dead_letter: Q,
+}
