@@ -4,13 +4,19 @@
 
 pub mod aws;
 pub mod queue;
+pub mod secret;
 pub mod store;
+pub mod telemetry;
 
 pub use queue::{
     AnyQueue, Attributes, ClaimChecked, Depth, Message, Queue, QueueError, Receipt, ReceiveOptions,
     Received,
 };
+pub use secret::Secret;
 pub use store::{AnyStore, ObjectInfo, ObjectStore, StoreError};
+
+/// The queue every stage uses: either backend, with claim checks for large bodies.
+pub type StageQueue = ClaimChecked<AnyQueue, AnyStore>;
 
 /// Milliseconds since the Unix epoch, the unit queue timestamps are kept in.
 pub fn now_ms() -> i64 {

@@ -49,6 +49,17 @@ struct Inner {
 type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
 
+/// Copies the WAL into the database every so often, without blocking the writer (PASSIVE),
+/// until the database is dropped.
+fn checkpointer(conn: Connection, alive: std::sync::Weak<Inner>) {
+    while alive.strong_count() > 0 {
+        std::thread::sleep(Duration::from_millis(250));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "embedded queue: checkpoint failed");
+        }
+    }
+}
+
 /// Most jobs one transaction takes; more wait for the next.
 const GROUP_COMMIT_MAX: usize = 64;
 
@@ -101,6 +112,9 @@ const SCHEMA: &str = "
 ";
 
 fn db_error(e: rusqlite::Error) -> QueueError {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return QueueError::Unavailable("embedded queue: full (its size cap or the disk)".into());
+    }
     QueueError::Unavailable(format!("embedded queue: {e}"))
 }
 
@@ -118,24 +132,48 @@ impl EmbeddedDb {
             Sync::Normal => "NORMAL",
             Sync::Full => "FULL",
         };
-        // A large WAL between checkpoints: each checkpoint costs two fsyncs.
+        // The writer never checkpoints: copying the WAL into the database (and its fsyncs)
+        // happens on a thread of its own, so no request waits behind it.
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
              PRAGMA busy_timeout = 5000; PRAGMA temp_store = MEMORY; \
-             PRAGMA wal_autocheckpoint = 16000; {SCHEMA}"
+             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864; {SCHEMA}"
         ))
         .map_err(db_error)?;
+        let checkpoints = Connection::open(path).map_err(db_error)?;
+        checkpoints
+            .execute_batch("PRAGMA busy_timeout = 5000")
+            .map_err(db_error)?;
         let (jobs, queued) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("embedded-queue".into())
             .spawn(move || writer(conn, queued))
             .map_err(|e| QueueError::Config(format!("cannot start the queue writer: {e}")))?;
-        Ok(EmbeddedDb {
-            inner: Arc::new(Inner {
-                jobs: Mutex::new(jobs),
-                changed: Notify::new(),
-            }),
+        let inner = Arc::new(Inner {
+            jobs: Mutex::new(jobs),
+            changed: Notify::new(),
+        });
+        let alive = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("embedded-queue-checkpoint".into())
+            .spawn(move || checkpointer(checkpoints, alive))
+            .map_err(|e| QueueError::Config(format!("cannot start the checkpointer: {e}")))?;
+        Ok(EmbeddedDb { inner })
+    }
+
+    /// Caps the database's size on disk (`None`: no cap). Past it, sends fail as unavailable
+    /// (the sender answers 503 and retries later) instead of filling the disk; receives and
+    /// acks still work, and free space as they go.
+    pub async fn set_max_size(&self, bytes: Option<u64>) -> Result<(), QueueError> {
+        self.run(move |conn| {
+            let page_size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(db_error)?;
+            let pages = bytes.map_or(i64::from(u32::MAX - 1), |b| (b as i64 / page_size).max(16));
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(db_error)
         })
+        .await
     }
 
     /// A queue in this database, with no dead-letter queue.

@@ -1,0 +1,48 @@
+//! Settings of the HTTP source.
+
+use std::time::Duration;
+
+use runtime::Secret;
+use schema::limits;
+
+/// One source: who may send, and under what name their data travels.
+#[derive(Debug, Clone)]
+pub struct HttpSource {
+    /// The source id carried with every batch (routing, metrics, traces).
+    pub id: String,
+    /// The API key: the username of HTTP Basic, and the webhook's `Authorization` value.
+    pub api_key: Secret,
+    /// The API secret: the password of HTTP Basic.
+    pub api_secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub sources: Vec<HttpSource>,
+    /// Largest request body, after decompression (mParticle: 256 KB).
+    pub max_request_bytes: usize,
+    /// Largest single batch (mParticle: 128 KB).
+    pub max_batch_bytes: usize,
+    /// Most batches in one bulk request (mParticle: 100).
+    pub max_batches: usize,
+    /// Past this backlog on the ingest queue, answer 429 so senders slow down.
+    pub max_backlog: Option<u64>,
+    /// The `Retry-After` of 429 and 503 answers.
+    pub retry_after: Duration,
+    /// How often the backlog is read.
+    pub backlog_refresh: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            sources: Vec::new(),
+            max_request_bytes: limits::MAX_REQUEST_BYTES,
+            max_batch_bytes: limits::MAX_BATCH_BYTES,
+            max_batches: limits::MAX_BATCHES_PER_REQUEST,
+            max_backlog: None,
+            retry_after: Duration::from_secs(5),
+            backlog_refresh: Duration::from_secs(2),
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The request pipeline: who → back-pressure → body within limits → split into batches →
+//! validate each → queue → 202.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prost::Message as _;
+use runtime::queue::attr as queue_attr;
+use runtime::telemetry::TraceContext;
+use runtime::{Message, Queue, now_ms};
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use super::{BATCH_CONTENT_TYPE, Ingest, attr, auth, body};
+
+/// Which door a request came in by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Door {
+    Events,
+    Bulk,
+    Historical,
+    Webhook,
+}
+
+impl Door {
+    fn name(self) -> &'static str {
+        match self {
+            Door::Events => "events",
+            Door::Bulk => "bulkevents",
+            Door::Historical => "historical",
+            Door::Webhook => "webhook",
+        }
+    }
+}
+
+pub async fn events(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    handle(&ingest, Door::Events, None, headers, body).await
+}
+
+pub async fn bulk(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    handle(&ingest, Door::Bulk, None, headers, body).await
+}
+
+pub async fn historical(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    handle(&ingest, Door::Historical, None, headers, body).await
+}
+
+pub async fn webhook(
+    State(ingest): State<Ingest>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&ingest, Door::Webhook, Some(&source), headers, body).await
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready only when the queue answers: a stage that cannot store data must not get traffic.
+pub async fn readyz(State(ingest): State<Ingest>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), ingest.inner.queue.depth()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: the queue does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "the queue does not answer").into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the queue does not answer in time",
+        )
+            .into_response(),
+    }
+}
+
+pub async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        runtime::telemetry::render_metrics(),
+    )
+        .into_response()
+}
+
+async fn handle(
+    ingest: &Ingest,
+    door: Door,
+    webhook_source: Option<&str>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let mut source = "unknown".to_owned();
+    let result = accept(ingest, door, webhook_source, &headers, body, &mut source).await;
+    let response = match result {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::error!(source, endpoint = door.name(), status = %e.status, "request refused");
+            } else {
+                tracing::info!(source, endpoint = door.name(), status = %e.status, errors = ?e.messages, "request refused");
+            }
+            e.into_response()
+        }
+    };
+    metrics::counter!(
+        "mpconnect_ingest_requests_total",
+        "source" => source,
+        "endpoint" => door.name(),
+        "status" => response.status().as_str().to_owned()
+    )
+    .increment(1);
+    metrics::histogram!("mpconnect_ingest_request_duration_seconds", "endpoint" => door.name())
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn accept(
+    ingest: &Ingest,
+    door: Door,
+    webhook_source: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+    source_label: &mut String,
+) -> Result<(), ApiError> {
+    let settings = &ingest.inner.settings;
+    let source = match webhook_source {
+        Some(id) => {
+            let source = settings.sources.iter().find(|s| s.id == id);
+            auth::webhook(headers, source)?;
+            source.ok_or_else(ApiError::forbidden)?
+        }
+        None => auth::events_api(headers, &settings.sources)?,
+    };
+    source_label.clone_from(&source.id);
+
+    // Before reading the body: a backed-up pipeline is told so at once.
+    if let Some(max) = settings.max_backlog
+        && ingest.backlog() > max
+    {
+        return Err(ApiError::too_many_requests(ingest.retry_after()));
+    }
+
+    let bytes = body::read(headers, body, settings.max_request_bytes).await?;
+    let batches = split(&bytes, door)?;
+    if batches.len() > settings.max_batches {
+        return Err(ApiError::bad_request(format!(
+            "A request may contain at most {} batches; this one has {}.",
+            settings.max_batches,
+            batches.len()
+        )));
+    }
+    for (i, raw) in batches.iter().enumerate() {
+        if raw.get().len() > settings.max_batch_bytes {
+            return Err(ApiError::too_large(format!(
+                "Batch {i} is {} bytes; a batch may be at most {} bytes.",
+                raw.get().len(),
+                settings.max_batch_bytes
+            )));
+        }
+    }
+
+    let now = now_ms();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let trace = TraceContext::continue_or_start(header("traceparent"), header("tracestate"));
+    let is_array =
+        door != Door::Events && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+
+    let mut accepted = Vec::with_capacity(batches.len());
+    let mut refused = Vec::new();
+    let mut events = 0usize;
+    for (i, raw) in batches.iter().enumerate() {
+        match check(raw, door, now) {
+            Ok(batch) => {
+                events += batch.events.len();
+                let trace = if header("traceparent").is_some() {
+                    trace.clone()
+                } else {
+                    TraceContext::start()
+                };
+                accepted.push(queue_message(
+                    batch.encode_to_vec(),
+                    &source.id,
+                    door,
+                    now,
+                    &trace,
+                ));
+            }
+            Err(errors) => {
+                let at = |e: String| if is_array { format!("[{i}] {e}") } else { e };
+                refused.push((i, *raw, errors.into_iter().map(at).collect::<Vec<_>>()));
+            }
+        }
+    }
+    if accepted.is_empty() && !refused.is_empty() {
+        metrics::counter!("mpconnect_ingest_batches_total", "source" => source.id.clone(), "outcome" => "invalid")
+            .increment(refused.len() as u64);
+        return Err(ApiError::invalid(
+            refused.into_iter().flat_map(|(_, _, e)| e).collect(),
+        ));
+    }
+
+    // 202 only once every accepted batch is in the queue.
+    let count = accepted.len();
+    if let Err(e) = ingest.inner.queue.send(accepted).await {
+        tracing::error!(source = source.id, error = %e, "the ingest queue did not take a request");
+        return Err(ApiError::unavailable(ingest.retry_after()));
+    }
+    metrics::counter!("mpconnect_ingest_batches_total", "source" => source.id.clone(), "outcome" => "queued")
+        .increment(count as u64);
+    metrics::counter!("mpconnect_ingest_events_total", "source" => source.id.clone())
+        .increment(events as u64);
+    metrics::counter!("mpconnect_ingest_bytes_total", "source" => source.id.clone())
+        .increment(bytes.len() as u64);
+
+    // mParticle answers a bulk request with some bad batches 202 and drops them; we keep them
+    // in the dead-letter queue, where `mpconnect dlq` shows why.
+    if !refused.is_empty() {
+        dead_letter(ingest, &source.id, door, now, &trace, refused).await?;
+    }
+    Ok(())
+}
+
+/// Splits the body into batch texts without decoding them: one object for `/events`, an
+/// array for the bulk endpoints, either for the webhook.
+fn split(bytes: &[u8], door: Door) -> Result<Vec<&RawValue>, ApiError> {
+    let malformed = |e: serde_json::Error| ApiError::bad_request(format!("Malformed JSON: {e}"));
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    match (door, first) {
+        (Door::Events, Some(b'[')) => Err(ApiError::bad_request(
+            "POST /v2/events takes one batch object; send arrays of batches to /v2/bulkevents.",
+        )),
+        (Door::Bulk | Door::Historical, Some(b'{')) => Err(ApiError::bad_request(
+            "The bulk endpoints take an array of batch objects; send one batch to /v2/events.",
+        )),
+        (_, Some(b'[')) => serde_json::from_slice::<Vec<&RawValue>>(bytes).map_err(malformed),
+        _ => serde_json::from_slice::<&RawValue>(bytes)
+            .map(|raw| vec![raw])
+            .map_err(malformed),
+    }
+}
+
+/// Decodes and validates one batch, as mParticle would.
+fn check(raw: &RawValue, door: Door, now: i64) -> Result<schema::v1::Batch, Vec<String>> {
+    let batch = schema::parse_batch(raw.get().as_bytes())
+        .map_err(|e| vec![format!("Malformed batch: {e}")])?;
+    let to_strings = |errors: Vec<schema::ValidationError>| {
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
+    schema::validate(&batch).map_err(to_strings)?;
+    if door == Door::Historical {
+        schema::validate_historical(&batch, now).map_err(to_strings)?;
+    }
+    Ok(batch)
+}
+
+fn queue_message(
+    body: Vec<u8>,
+    source: &str,
+    door: Door,
+    now: i64,
+    trace: &TraceContext,
+) -> Message {
+    let mut message = Message::new(body)
+        .with_attribute(queue_attr::SOURCE, source)
+        .with_attribute(queue_attr::CONTENT_TYPE, BATCH_CONTENT_TYPE)
+        .with_attribute(queue_attr::TRACEPARENT, trace.traceparent.clone())
+        .with_attribute(attr::RECEIVED_AT, now.to_string())
+        .with_attribute(attr::ENDPOINT, door.name());
+    if let Some(state) = &trace.tracestate {
+        message = message.with_attribute(queue_attr::TRACESTATE, state.clone());
+    }
+    if door == Door::Historical {
+        message = message.with_attribute(attr::HISTORICAL, "true");
+    }
+    message
+}
+
+async fn dead_letter(
+    ingest: &Ingest,
+    source: &str,
+    door: Door,
+    now: i64,
+    trace: &TraceContext,
+    refused: Vec<(usize, &RawValue, Vec<String>)>,
+) -> Result<(), ApiError> {
+    metrics::counter!("mpconnect_ingest_batches_total", "source" => source.to_owned(), "outcome" => "dead_lettered")
+        .increment(refused.len() as u64);
+    let Some(dlq) = &ingest.inner.dead_letter else {
+        for (i, _, errors) in &refused {
+            tracing::warn!(
+                source,
+                batch = i,
+                ?errors,
+                "refused batch dropped: no dead-letter queue is configured"
+            );
+        }
+        return Ok(());
+    };
+    let messages = refused
+        .into_iter()
+        .map(|(_, raw, errors)| {
+            let mut because = errors.join("; ");
+            schema::limits::truncate_chars(&mut because, 1000);
+            Message::new(raw.get().as_bytes().to_vec())
+                .with_attribute(queue_attr::SOURCE, source)
+                .with_attribute(queue_attr::CONTENT_TYPE, "application/json")
+                .with_attribute(queue_attr::TRACEPARENT, trace.traceparent.clone())
+                .with_attribute(attr::RECEIVED_AT, now.to_string())
+                .with_attribute(attr::ENDPOINT, door.name())
+                .with_attribute(attr::REJECTED_BECAUSE, because)
+        })
+        .collect();
+    dlq.send(messages).await.map_err(|e| {
+        // The good batches are queued; a retry duplicates them (deduplicated downstream by
+        // source_request_id) but loses nothing.
+        tracing::error!(source, error = %e, "the dead-letter queue did not take refused batches");
+        ApiError::unavailable(ingest.retry_after())
+    })
+}

@@ -1,0 +1,137 @@
+//! The HTTP source: mParticle's Events API and Webhook output, answered as mParticle answers.
+//!
+//! Every accepted batch becomes one queue message (protobuf `mpconnect.v1.Batch`), carrying the
+//! source, receive time and trace context as attributes. `202` comes only after every batch of
+//! the request is in the queue.
+
+mod auth;
+mod body;
+mod config;
+mod error;
+mod handlers;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use runtime::{Queue, StageQueue};
+
+pub use config::{HttpSource, IngestSettings};
+pub use error::ApiError;
+
+/// Queue attributes ingest sets beside the shared ones in `runtime::queue::attr`.
+pub mod attr {
+    /// Milliseconds since the epoch when ingest accepted the batch.
+    pub const RECEIVED_AT: &str = "mp-received-at";
+    /// `true` for batches from `/bulkevents/historical`: delivery must use that endpoint too.
+    pub const HISTORICAL: &str = "mp-historical";
+    /// Which door the batch came in by: `events`, `bulkevents`, `historical`, `webhook`.
+    pub const ENDPOINT: &str = "mp-endpoint";
+    /// On dead letters: why the batch was refused.
+    pub const REJECTED_BECAUSE: &str = "mp-rejected-because";
+}
+
+/// The queue body's content type.
+pub const BATCH_CONTENT_TYPE: &str = "application/x-protobuf; messageType=mpconnect.v1.Batch";
+
+/// The running HTTP source; cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: IngestSettings,
+    queue: StageQueue,
+    /// Where refused batches of a bulk request go (the rest of the request is accepted, as
+    /// mParticle does), so that bad input never costs the good data beside it and stays
+    /// inspectable.
+    dead_letter: Option<StageQueue>,
+    /// The queue's backlog, refreshed in the background (asking SQS per request would cost
+    /// a round trip per request).
+    backlog: AtomicU64,
+}
+
+impl Ingest {
+    pub fn new(
+        settings: IngestSettings,
+        queue: StageQueue,
+        dead_letter: Option<StageQueue>,
+    ) -> Self {
+        // The recorder must exist before the first request counts anything.
+        runtime::telemetry::metrics();
+        Ingest {
+            inner: Arc::new(Inner {
+                settings,
+                queue,
+                dead_letter,
+                backlog: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The routes: the Events API with and without `/v2` (the Python SDK posts to the bare
+    /// paths when its host lacks `/v2`), the webhook, and health and metrics.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v2/events", post(handlers::events))
+            .route("/events", post(handlers::events))
+            .route("/v2/bulkevents", post(handlers::bulk))
+            .route("/bulkevents", post(handlers::bulk))
+            .route("/v2/bulkevents/historical", post(handlers::historical))
+            .route("/bulkevents/historical", post(handlers::historical))
+            .route("/webhook/{source}", post(handlers::webhook))
+            .route("/healthz", get(handlers::healthz))
+            .route("/readyz", get(handlers::readyz))
+            .route("/metrics", get(handlers::metrics))
+            .with_state(self.clone())
+    }
+
+    /// Keeps the backlog figure fresh for back-pressure and the depth gauge. Runs until the
+    /// returned task is aborted.
+    pub fn spawn_backlog_monitor(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match this.inner.queue.depth().await {
+                    Ok(depth) => {
+                        let backlog = depth.visible + depth.delayed;
+                        this.inner.backlog.store(backlog, Ordering::Relaxed);
+                        metrics::gauge!("mpconnect_queue_depth", "queue" => "ingest", "state" => "visible")
+                            .set(depth.visible as f64);
+                        metrics::gauge!("mpconnect_queue_depth", "queue" => "ingest", "state" => "in_flight")
+                            .set(depth.in_flight as f64);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the ingest queue's depth"),
+                }
+                tokio::time::sleep(this.inner.settings.backlog_refresh).await;
+            }
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then stops taking connections and finishes the
+    /// requests in flight.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let monitor = self.spawn_backlog_monitor();
+        let served = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        monitor.abort();
+        served
+    }
+
+    fn backlog(&self) -> u64 {
+        self.inner.backlog.load(Ordering::Relaxed)
+    }
+
+    /// How long a sender should wait after a 429 or 503.
+    fn retry_after(&self) -> Duration {
+        self.inner.settings.retry_after
+    }
+}

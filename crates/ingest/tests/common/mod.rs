@@ -1,0 +1,250 @@
+//! A running ingest on 127.0.0.1 over a real queue, and helpers to look into that queue.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ingest::{HttpSource, Ingest, IngestSettings};
+use mpconnect_ingest as ingest;
+use prost::Message as _;
+use runtime::queue::{EmbeddedDb, EmbeddedSync, plain_size};
+use runtime::store::LocalStore;
+use runtime::{
+    AnyQueue, AnyStore, ClaimChecked, Queue, ReceiveOptions, Received, Secret, StageQueue,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+pub const KEY: &str = "key-web";
+pub const SECRET: &str = "secret-web";
+
+pub fn source() -> HttpSource {
+    HttpSource {
+        id: "web".into(),
+        api_key: Secret::new(KEY),
+        api_secret: Secret::new(SECRET),
+    }
+}
+
+pub fn settings() -> IngestSettings {
+    IngestSettings {
+        sources: vec![source()],
+        ..IngestSettings::default()
+    }
+}
+
+pub struct Server {
+    pub base: String,
+    pub queue: StageQueue,
+    pub dead_letter: StageQueue,
+    pub db: Option<EmbeddedDb>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Signals shutdown and waits for the server to finish what is in flight.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn finished(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+fn embedded(dir: &tempfile::TempDir) -> (EmbeddedDb, StageQueue, StageQueue) {
+    let db = EmbeddedDb::open(&dir.path().join("queue.db"), EmbeddedSync::Normal).unwrap();
+    let store = AnyStore::Local(LocalStore::new(dir.path().join("objects")));
+    let wrap = |q| {
+        ClaimChecked::new(
+            AnyQueue::Embedded(q),
+            store.clone(),
+            240 * 1024,
+            "claims/",
+            plain_size,
+        )
+    };
+    (
+        db.clone(),
+        wrap(db.queue("ingest")),
+        wrap(db.queue("ingest-dlq")),
+    )
+}
+
+/// Ingest over the embedded queue.
+pub async fn start(settings: IngestSettings) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, queue, dead_letter) = embedded(&dir);
+    let mut server = start_with(settings, queue, dead_letter, dir).await;
+    server.db = Some(db);
+    server
+}
+
+pub async fn start_with(
+    settings: IngestSettings,
+    queue: StageQueue,
+    dead_letter: StageQueue,
+    dir: tempfile::TempDir,
+) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let ingest = Ingest::new(settings, queue.clone(), Some(dead_letter.clone()));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        ingest
+            .serve(listener, async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Server {
+        base,
+        queue,
+        dead_letter,
+        db: None,
+        shutdown: Some(tx),
+        task: Some(task),
+        _dir: dir,
+    }
+}
+
+/// Everything in the queue now, acknowledged.
+pub async fn drain(queue: &StageQueue) -> Vec<Received> {
+    let mut all = Vec::new();
+    loop {
+        let got = queue
+            .receive(ReceiveOptions {
+                max_messages: 10,
+                wait: Duration::from_millis(300),
+                visibility: Duration::from_secs(60),
+            })
+            .await
+            .unwrap();
+        if got.is_empty() {
+            return all;
+        }
+        queue
+            .ack(&got.iter().map(|m| m.receipt.clone()).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        all.extend(got);
+    }
+}
+
+pub fn decode(received: &[Received]) -> Vec<schema::v1::Batch> {
+    received
+        .iter()
+        .map(|m| schema::v1::Batch::decode(m.body.as_ref()).expect("a protobuf batch"))
+        .collect()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// A minimal valid batch.
+pub fn batch_json(request_id: &str) -> String {
+    format!(
+        r#"{{"environment":"production","source_request_id":"{request_id}","events":[
+            {{"event_type":"custom_event","data":{{"event_name":"Played","custom_event_type":"media",
+              "custom_attributes":{{"n":1}}}}}}]}}"#
+    )
+}
+
+pub async fn post(
+    path: &str,
+    server: &Server,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client()
+        .post(server.url(path))
+        .basic_auth(KEY, Some(SECRET))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn error_body(response: reqwest::Response) -> serde_json::Value {
+    assert_eq!(
+        response.headers().get("content-type").unwrap(),
+        "application/json"
+    );
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+pub fn schema_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../schema/tests/fixtures")
+        .join(name)
+}
+
+/// A TCP proxy that can be switched off, cutting every connection through it: the network
+/// between ingest and its queue, failing for real.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (flag, conns) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    drop(inbound); // refused: closed at once
+                    continue;
+                }
+                conns.lock().await.push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        FaultProxy {
+            addr,
+            up,
+            connections,
+        }
+    }
+
+    pub async fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.connections.lock().await.drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}

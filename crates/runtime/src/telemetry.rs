@@ -1,0 +1,96 @@
+//! Metrics (Prometheus text on each stage's `/metrics`) and W3C trace context, which travels
+//! with every batch: HTTP headers in, queue attributes, gRPC metadata, headers out.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once, and returns its handle.
+pub fn metrics() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder installed first (a test harness): keep rendering ours, empty.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// The `/metrics` body.
+pub fn render_metrics() -> String {
+    metrics().render()
+}
+
+/// A W3C trace context (`traceparent`, and `tracestate` when there is one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// Accepts a `traceparent` of version 00 with non-zero ids; anything else starts a new trace.
+    pub fn continue_or_start(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+        match traceparent.filter(|t| is_valid_traceparent(t)) {
+            Some(t) => TraceContext {
+                traceparent: t.to_ascii_lowercase(),
+                tracestate: tracestate
+                    .filter(|s| !s.is_empty() && s.len() <= 512)
+                    .map(str::to_owned),
+            },
+            None => Self::start(),
+        }
+    }
+
+    /// A new sampled trace.
+    pub fn start() -> Self {
+        let trace: u128 = rand::random::<u128>().max(1);
+        let span: u64 = rand::random::<u64>().max(1);
+        TraceContext {
+            traceparent: format!("00-{trace:032x}-{span:016x}-01"),
+            tracestate: None,
+        }
+    }
+
+    pub fn trace_id(&self) -> &str {
+        &self.traceparent[3..35]
+    }
+}
+
+fn is_valid_traceparent(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_valid_and_replaces_invalid_parents() {
+        let valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let t = TraceContext::continue_or_start(Some(valid), Some("vendor=1"));
+        assert_eq!(t.traceparent, valid);
+        assert_eq!(t.tracestate.as_deref(), Some("vendor=1"));
+        assert_eq!(t.trace_id(), "0af7651916cd43dd8448eb211c80319c");
+        for bad in [
+            "",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-xyz-b7ad6b7169203331-01",
+        ] {
+            let t = TraceContext::continue_or_start(Some(bad), None);
+            assert_ne!(t.traceparent, bad);
+            assert!(is_valid_traceparent(&t.traceparent));
+        }
+    }
+}
