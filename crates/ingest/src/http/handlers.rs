@@ -243,16 +243,11 @@ fn split(bytes: &[u8], door: Door) -> Result<Vec<&RawValue>, ApiError> {
     }
 }
 
-/// Decodes and validates one batch, as mParticle would.
+/// Decodes and validates one batch, as mParticle would; historical batches by their rules too.
 fn check(raw: &RawValue, door: Door, now: i64) -> Result<schema::v1::Batch, Vec<String>> {
-    let batch = schema::parse_batch(raw.get().as_bytes())
-        .map_err(|e| vec![format!("Malformed batch: {e}")])?;
-    let to_strings = |errors: Vec<schema::ValidationError>| {
-        errors.iter().map(ToString::to_string).collect::<Vec<_>>()
-    };
-    schema::validate(&batch).map_err(to_strings)?;
+    let batch = super::check_batch(raw.get().as_bytes())?;
     if door == Door::Historical {
-        schema::validate_historical(&batch, now).map_err(to_strings)?;
+        schema::validate_historical(&batch, now).map_err(super::messages)?;
     }
     Ok(batch)
 }

@@ -33,6 +33,18 @@ pub mod attr {
     pub const REJECTED_BECAUSE: &str = "mp-rejected-because";
 }
 
+/// Decodes and validates one batch (either dialect), as mParticle would. Errors are
+/// messages for the sender.
+pub(crate) fn check_batch(json: &[u8]) -> Result<schema::v1::Batch, Vec<String>> {
+    let batch = schema::parse_batch(json).map_err(|e| vec![format!("Malformed batch: {e}")])?;
+    schema::validate(&batch).map_err(messages)?;
+    Ok(batch)
+}
+
+pub(crate) fn messages(errors: Vec<schema::ValidationError>) -> Vec<String> {
+    errors.iter().map(ToString::to_string).collect()
+}
+
 /// The queue body's content type.
 pub const BATCH_CONTENT_TYPE: &str = "application/x-protobuf; messageType=mpconnect.v1.Batch";
 
