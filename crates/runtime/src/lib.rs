@@ -7,6 +7,8 @@ pub mod queue;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 
 pub use queue::{
     AnyQueue, Attributes, ClaimChecked, Depth, Message, Queue, QueueError, Receipt, ReceiveOptions,

@@ -1,1 +1,15 @@
-//! Queue consumer, connection rules, routing and the delivery client. Filled in by the transform issue.
+//! The transform stage: consumes the ingest queue, applies each connection's rules, routes
+//! batches to their destinations over gRPC (`DeliveryService`), and decides when an ingest
+//! message may be deleted: only once every destination it routes to has answered for it.
+
+pub mod client;
+mod consumer;
+pub mod dedupe;
+pub mod rules;
+#[doc(hidden)]
+pub mod testing;
+
+pub use client::{DeliveryClient, DeliveryError, Resolve};
+pub use consumer::{Connection, Transform, TransformSettings, TransformStats, attr};
+pub use dedupe::{DedupeSettings, DedupeWindow};
+pub use rules::Rules;

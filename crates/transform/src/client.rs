@@ -1,0 +1,134 @@
+//! The delivery client: gRPC over a channel balanced across every delivery pod.
+//!
+//! A plain ClusterIP Service pins each HTTP/2 connection to one pod. So delivery has a
+//! headless Service, and this client resolves its name itself, every few seconds, keeps a
+//! connection to each address, and spreads calls over them (power of two choices), following
+//! pods as they come and go.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use schema::v1::delivery_service_client::DeliveryServiceClient;
+use schema::v1::{BatchOutcome, DeliverRequest, RoutedBatch};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+use tonic::transport::channel::Change;
+
+/// Finds delivery's addresses now.
+pub type Resolve = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Resolves `host:port` through the system's resolver (a headless Service's DNS name gives
+/// one address per ready pod).
+pub fn dns(host: &str, port: u16) -> Resolve {
+    let target = format!("{host}:{port}");
+    Arc::new(move || {
+        let target = target.clone();
+        Box::pin(async move { Ok(tokio::net::lookup_host(target).await?.collect()) })
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// Retrying later may succeed (delivery down, overloaded, too slow).
+    #[error("delivery unavailable: {0}")]
+    Temporary(String),
+    /// Retrying will not help (an unknown destination, a refused request).
+    #[error("delivery refused: {0}")]
+    Permanent(String),
+}
+
+#[derive(Clone)]
+pub struct DeliveryClient {
+    client: DeliveryServiceClient<Channel>,
+    deadline: Duration,
+}
+
+impl DeliveryClient {
+    /// A client balanced over what `resolve` finds, re-resolved every `every`. Must be made
+    /// inside a Tokio runtime; the resolving task ends when the last clone is dropped.
+    pub fn balanced(resolve: Resolve, every: Duration, deadline: Duration) -> Self {
+        let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+        tokio::spawn(async move {
+            let mut current: HashSet<SocketAddr> = HashSet::new();
+            loop {
+                match resolve().await {
+                    Ok(found) => {
+                        let found: HashSet<SocketAddr> = found.into_iter().collect();
+                        for gone in current.difference(&found) {
+                            if changes.send(Change::Remove(*gone)).await.is_err() {
+                                return;
+                            }
+                        }
+                        for new in found.difference(&current) {
+                            let Ok(endpoint) = Endpoint::from_shared(format!("http://{new}"))
+                            else {
+                                continue;
+                            };
+                            let endpoint = endpoint
+                                .connect_timeout(Duration::from_secs(2))
+                                .tcp_nodelay(true)
+                                .http2_keep_alive_interval(Duration::from_secs(20));
+                            if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
+                                return;
+                            }
+                        }
+                        if found != current {
+                            tracing::info!(endpoints = found.len(), "delivery endpoints changed");
+                        }
+                        current = found;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot resolve delivery; keeping the endpoints known")
+                    }
+                }
+                tokio::time::sleep(every).await;
+                if changes.is_closed() {
+                    return;
+                }
+            }
+        });
+        DeliveryClient {
+            client: DeliveryServiceClient::new(channel),
+            deadline,
+        }
+    }
+
+    /// Sends one destination's batches; returns one outcome per batch key.
+    pub async fn deliver(
+        &self,
+        destination: &str,
+        batches: Vec<RoutedBatch>,
+    ) -> Result<Vec<BatchOutcome>, DeliveryError> {
+        let mut request = tonic::Request::new(DeliverRequest {
+            destination: destination.to_owned(),
+            batches,
+        });
+        request.set_timeout(self.deadline);
+        match tokio::time::timeout(self.deadline, self.client.clone().deliver(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner().outcomes),
+            Ok(Err(status)) => Err(match status.code() {
+                Code::InvalidArgument
+                | Code::NotFound
+                | Code::FailedPrecondition
+                | Code::PermissionDenied
+                | Code::Unimplemented => {
+                    DeliveryError::Permanent(format!("{}: {}", status.code(), status.message()))
+                }
+                _ => DeliveryError::Temporary(format!("{}: {}", status.code(), status.message())),
+            }),
+            Err(_) => Err(DeliveryError::Temporary(format!(
+                "no answer within {:?}",
+                self.deadline
+            ))),
+        }
+    }
+}

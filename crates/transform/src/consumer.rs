@@ -1,0 +1,685 @@
+//! The ingest-queue consumer and the rule that keeps data safe here: a message is deleted only
+//! when every destination it routes to has answered for it (delivered, parked in delivery's
+//! retry queue, or dead-lettered). If some destinations answered and others did not, a copy
+//! routed to the others alone is queued and the original deleted, so a healthy destination
+//! never gets the batch twice because a sick one made it come back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prost::Message as _;
+use runtime::queue::attr as queue_attr;
+use runtime::{Message, Queue, QueueError, ReceiveOptions, Received, StageQueue};
+use schema::v1::{Batch, Outcome, RoutedBatch};
+
+use crate::client::{DeliveryClient, DeliveryError};
+use crate::dedupe::{DedupeSettings, DedupeWindow};
+use crate::rules::Rules;
+
+/// Queue attributes the transform sets.
+pub mod attr {
+    /// On a retry copy: the `connection/destination` pairs still owed, comma-separated.
+    pub const ROUTE: &str = "mp-route";
+    /// On dead letters: why.
+    pub const REJECTED_BECAUSE: &str = "mp-rejected-because";
+    /// Set by the S3 source: the batch's stable id.
+    pub const BATCH_ID: &str = "mp-batch-id";
+    /// Set by ingest for `/bulkevents/historical`.
+    pub const HISTORICAL: &str = "mp-historical";
+}
+
+/// Joins one source to one or more destinations, through rules.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub id: String,
+    pub source: String,
+    pub destinations: Vec<String>,
+    pub rules: Rules,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransformSettings {
+    pub connections: Vec<Connection>,
+    /// Concurrent receive loops on the ingest queue.
+    pub pollers: usize,
+    pub receive: ReceiveOptions,
+    pub dedupe: DedupeSettings,
+    /// Backoff of a message that found delivery unavailable: doubles per receive, with jitter.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for TransformSettings {
+    fn default() -> Self {
+        TransformSettings {
+            connections: Vec::new(),
+            pollers: 2,
+            receive: ReceiveOptions {
+                max_messages: 10,
+                wait: Duration::from_secs(5),
+                visibility: Duration::from_secs(60),
+            },
+            dedupe: DedupeSettings::default(),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TransformStats {
+    pub messages: AtomicU64,
+    pub acked: AtomicU64,
+    pub nacked: AtomicU64,
+    pub requeued: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub events_in: AtomicU64,
+    pub events_out: AtomicU64,
+    pub events_filtered: AtomicU64,
+    pub events_deduplicated: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Transform {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: TransformSettings,
+    queue: StageQueue,
+    dead_letter: Option<StageQueue>,
+    client: DeliveryClient,
+    dedupe: DedupeWindow,
+    stats: TransformStats,
+    /// Source id → indexes of its connections.
+    by_source: HashMap<String, Vec<usize>>,
+}
+
+/// One connection/destination pair a message owes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Route {
+    connection: usize,
+    destination: String,
+}
+
+/// What became of one route of one message.
+enum Answer {
+    /// Delivered, parked or dead-lettered: durable elsewhere.
+    Answered,
+    /// Refused for good: the message goes to the dead-letter queue for this route.
+    Refused(String),
+    /// Not answered: try again later.
+    Failed(String),
+}
+
+impl Transform {
+    /// Checks the connections and their rules, all problems at once.
+    pub fn new(
+        settings: TransformSettings,
+        queue: StageQueue,
+        dead_letter: Option<StageQueue>,
+        client: DeliveryClient,
+    ) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut ids = std::collections::HashSet::new();
+        for (i, c) in settings.connections.iter().enumerate() {
+            let at = format!("connections[{i}] ({})", c.id);
+            if !ids.insert(c.id.clone()) {
+                problems.push(format!("{at}: the id is used twice"));
+            }
+            if c.id.contains(['/', ',']) {
+                problems.push(format!("{at}: an id may not contain '/' or ','"));
+            }
+            if c.destinations.is_empty() {
+                problems.push(format!("{at}: no destinations"));
+            }
+            if let Err(found) = c.rules.validate() {
+                problems.extend(found.into_iter().map(|p| format!("{at}: {p}")));
+            }
+            by_source.entry(c.source.clone()).or_default().push(i);
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        runtime::telemetry::metrics();
+        let dedupe = DedupeWindow::new(settings.dedupe);
+        Ok(Transform {
+            inner: Arc::new(Inner {
+                settings,
+                queue,
+                dead_letter,
+                client,
+                dedupe,
+                stats: TransformStats::default(),
+                by_source,
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> &TransformStats {
+        &self.inner.stats
+    }
+
+    /// Runs the pollers until `shutdown` resolves: then they stop receiving, finish the
+    /// messages in hand, and this returns.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut pollers = tokio::task::JoinSet::new();
+        for _ in 0..self.inner.settings.pollers.max(1) {
+            let this = self.clone();
+            let mut stopped = stopped.clone();
+            pollers.spawn(async move {
+                loop {
+                    let received = tokio::select! {
+                        _ = stopped.wait_for(|s| *s) => break,
+                        r = this.inner.queue.receive(this.inner.settings.receive) => r,
+                    };
+                    match received {
+                        Ok(messages) if !messages.is_empty() => this.process(messages).await,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot receive from the ingest queue; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            });
+        }
+        shutdown.await;
+        let _ = stop.send(true);
+        while pollers.join_next().await.is_some() {}
+    }
+
+    /// One receive and its processing; returns how many messages it handled.
+    pub async fn poll_once(&self) -> Result<usize, QueueError> {
+        let messages = self
+            .inner
+            .queue
+            .receive(self.inner.settings.receive)
+            .await?;
+        let n = messages.len();
+        if n > 0 {
+            self.process(messages).await;
+        }
+        Ok(n)
+    }
+
+    async fn process(&self, messages: Vec<Received>) {
+        let inner = &self.inner;
+        let stats = &inner.stats;
+        stats
+            .messages
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        let heartbeat =
+            Heartbeat::start(&inner.queue, &messages, inner.settings.receive.visibility);
+
+        // Decode and route each message; what cannot be is dead-lettered.
+        let mut work: Vec<(Received, Batch, Vec<Route>)> = Vec::with_capacity(messages.len());
+        for message in messages {
+            match self.route(&message) {
+                Ok((batch, routes)) => work.push((message, batch, routes)),
+                Err(reason) => self.dead_letter(message, &reason).await,
+            }
+        }
+
+        // Apply each connection's rules once, drop repeats per destination, group by destination.
+        let mut by_destination: BTreeMap<String, Vec<RoutedBatch>> = BTreeMap::new();
+        let mut answers: Vec<Vec<Option<Answer>>> = Vec::with_capacity(work.len());
+        let mut remember: Vec<Vec<(String, Vec<String>)>> = Vec::with_capacity(work.len());
+        // Keys already routed in this round: a repeat inside one round is a repeat too.
+        let mut in_round: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let seen = |key: &str, in_round: &std::collections::HashSet<String>| {
+            in_round.contains(key) || inner.dedupe.contains(key)
+        };
+        for (m, (message, batch, routes)) in work.iter_mut().enumerate() {
+            let mut per_route: Vec<Option<Answer>> = (0..routes.len()).map(|_| None).collect();
+            let mut keys_per_route: Vec<(String, Vec<String>)> =
+                vec![(String::new(), Vec::new()); routes.len()];
+            let had_events = !batch.events.is_empty();
+            // The batch is copied only when a second connection or destination needs its own.
+            let mut connections: Vec<usize> = routes.iter().map(|r| r.connection).collect();
+            connections.sort_unstable();
+            connections.dedup();
+            let connection_count = connections.len();
+            for (c, &connection_index) in connections.iter().enumerate() {
+                let connection = &inner.settings.connections[connection_index];
+                let mut applied_batch = if c + 1 == connection_count {
+                    std::mem::take(batch)
+                } else {
+                    batch.clone()
+                };
+                let applied = connection.rules.apply(&mut applied_batch);
+                stats
+                    .events_in
+                    .fetch_add(applied.events_in as u64, Ordering::Relaxed);
+                stats
+                    .events_filtered
+                    .fetch_add(applied.events_filtered as u64, Ordering::Relaxed);
+                metrics::counter!("mpconnect_transform_events_total", "connection" => connection.id.clone(), "outcome" => "filtered")
+                    .increment(applied.events_filtered as u64);
+                let mine: Vec<usize> = (0..routes.len())
+                    .filter(|&r| routes[r].connection == connection_index)
+                    .collect();
+                for (i, &r) in mine.iter().enumerate() {
+                    let route = &routes[r];
+                    let mut out = if i + 1 == mine.len() {
+                        std::mem::take(&mut applied_batch)
+                    } else {
+                        applied_batch.clone()
+                    };
+                    let (keys, event_keys) = dedupe_keys(message, &out, &route.destination);
+                    if keys.iter().any(|k| seen(k, &in_round)) {
+                        stats
+                            .events_deduplicated
+                            .fetch_add(out.events.len() as u64, Ordering::Relaxed);
+                        per_route[r] = Some(Answer::Answered);
+                        keys_per_route[r] = (route.destination.clone(), Vec::new());
+                        continue;
+                    }
+                    let before = out.events.len();
+                    out.events.retain(|e| {
+                        e.source_message_id.as_ref().is_none_or(|id| {
+                            !seen(&event_key(&route.destination, message, id), &in_round)
+                        })
+                    });
+                    let repeats = before - out.events.len();
+                    stats
+                        .events_deduplicated
+                        .fetch_add(repeats as u64, Ordering::Relaxed);
+                    // Everything filtered or repeated: nothing owed to this destination. (A batch
+                    // that came with no events still goes: it may carry user attribute changes.)
+                    if out.events.is_empty() && had_events {
+                        per_route[r] = Some(Answer::Answered);
+                        keys_per_route[r] = (route.destination.clone(), Vec::new());
+                        continue;
+                    }
+                    stats
+                        .events_out
+                        .fetch_add(out.events.len() as u64, Ordering::Relaxed);
+                    let mut all_keys = keys;
+                    all_keys.extend(event_keys);
+                    in_round.extend(all_keys.iter().cloned());
+                    keys_per_route[r] = (route.destination.clone(), all_keys);
+                    by_destination
+                        .entry(route.destination.clone())
+                        .or_default()
+                        .push(RoutedBatch {
+                            key: format!("{m}/{r}"),
+                            batch: Some(out),
+                            source: message
+                                .attributes
+                                .get(queue_attr::SOURCE)
+                                .cloned()
+                                .unwrap_or_default(),
+                            connection: connection.id.clone(),
+                            historical: message
+                                .attributes
+                                .get(attr::HISTORICAL)
+                                .is_some_and(|v| v == "true"),
+                            traceparent: message
+                                .attributes
+                                .get(queue_attr::TRACEPARENT)
+                                .cloned()
+                                .unwrap_or_default(),
+                            tracestate: message
+                                .attributes
+                                .get(queue_attr::TRACESTATE)
+                                .cloned()
+                                .unwrap_or_default(),
+                        });
+                }
+            }
+            answers.push(per_route);
+            remember.push(keys_per_route);
+        }
+
+        // One call per destination, all at once: a slow destination does not hold the others.
+        let calls = by_destination.into_iter().map(|(destination, batches)| {
+            let client = inner.client.clone();
+            let keys: Vec<String> = batches.iter().map(|b| b.key.clone()).collect();
+            async move {
+                let started = std::time::Instant::now();
+                let result = client.deliver(&destination, batches).await;
+                metrics::histogram!("mpconnect_transform_deliver_duration_seconds", "destination" => destination.clone())
+                    .record(started.elapsed().as_secs_f64());
+                (destination, keys, result)
+            }
+        });
+        for (destination, keys, result) in join_all(calls).await {
+            let outcomes: HashMap<String, (i32, String)> = match &result {
+                Ok(outcomes) => outcomes
+                    .iter()
+                    .map(|o| (o.key.clone(), (o.outcome, o.detail.clone())))
+                    .collect(),
+                Err(_) => HashMap::new(),
+            };
+            if let Err(e) = &result {
+                tracing::warn!(destination, error = %e, batches = keys.len(), "delivery did not answer");
+            }
+            for key in keys {
+                let (m, r) = key
+                    .split_once('/')
+                    .and_then(|(m, r)| Some((m.parse::<usize>().ok()?, r.parse::<usize>().ok()?)))
+                    .unwrap_or((usize::MAX, 0));
+                let Some(slot) = answers.get_mut(m).and_then(|a| a.get_mut(r)) else {
+                    continue;
+                };
+                *slot = Some(match (&result, outcomes.get(&key)) {
+                    (Err(DeliveryError::Permanent(e)), _) => Answer::Refused(e.clone()),
+                    (Err(DeliveryError::Temporary(e)), _) => Answer::Failed(e.clone()),
+                    (Ok(_), Some((o, _)))
+                        if matches!(
+                            Outcome::try_from(*o),
+                            Ok(Outcome::Delivered | Outcome::Parked | Outcome::DeadLettered)
+                        ) =>
+                    {
+                        Answer::Answered
+                    }
+                    (Ok(_), Some((_, detail))) => {
+                        Answer::Failed(format!("no usable outcome: {detail}"))
+                    }
+                    (Ok(_), None) => Answer::Failed("delivery's answer left this batch out".into()),
+                });
+            }
+        }
+        drop(heartbeat);
+
+        // Settle each message; the done ones are deleted in one call.
+        let mut done = Vec::with_capacity(work.len());
+        for (((message, _, routes), per_route), keys) in work.into_iter().zip(answers).zip(remember)
+        {
+            let mut failed = Vec::new();
+            let mut refused = Vec::new();
+            for ((route, answer), (destination, route_keys)) in
+                routes.iter().zip(per_route).zip(keys)
+            {
+                match answer {
+                    Some(Answer::Answered) => inner
+                        .dedupe
+                        .insert_all(route_keys.iter().map(|k| k.as_str())),
+                    Some(Answer::Refused(e)) => refused.push(format!("{destination}: {e}")),
+                    Some(Answer::Failed(e)) => {
+                        tracing::debug!(destination, error = %e, "route not answered; it will be retried");
+                        failed.push(route.clone());
+                    }
+                    None => failed.push(route.clone()),
+                }
+            }
+            if !refused.is_empty() {
+                self.copy_to_dead_letter(&message, &refused.join("; "))
+                    .await;
+            }
+            if failed.is_empty() {
+                done.push(message.receipt);
+            } else if failed.len() < routes.len() {
+                self.requeue_for(&message, &failed).await;
+            } else {
+                self.nack(&message).await;
+            }
+        }
+        self.ack_all(&done).await;
+    }
+
+    async fn ack_all(&self, receipts: &[runtime::Receipt]) {
+        if receipts.is_empty() {
+            return;
+        }
+        match self.inner.queue.ack(receipts).await {
+            Ok(()) => {
+                self.inner
+                    .stats
+                    .acked
+                    .fetch_add(receipts.len() as u64, Ordering::Relaxed);
+            }
+            // They come back, and the dedupe window keeps them from being delivered twice.
+            Err(e) => {
+                tracing::warn!(error = %e, count = receipts.len(), "cannot delete delivered messages")
+            }
+        }
+    }
+
+    /// The message's batch and the routes it owes.
+    fn route(&self, message: &Received) -> Result<(Batch, Vec<Route>), String> {
+        let inner = &self.inner;
+        let json = message
+            .attributes
+            .get(queue_attr::CONTENT_TYPE)
+            .is_some_and(|t| t.starts_with("application/json"));
+        let batch = if json {
+            schema::parse_batch(&message.body).map_err(|e| format!("not a batch: {e}"))?
+        } else {
+            Batch::decode(message.body.as_ref())
+                .map_err(|e| format!("not a protobuf batch: {e}"))?
+        };
+        if let Some(owed) = message.attributes.get(attr::ROUTE) {
+            let routes = owed
+                .split(',')
+                .map(|pair| {
+                    let (connection, destination) = pair
+                        .split_once('/')
+                        .ok_or_else(|| format!("a malformed route {pair:?}"))?;
+                    let index = inner
+                        .settings
+                        .connections
+                        .iter()
+                        .position(|c| c.id == connection)
+                        .ok_or_else(|| {
+                            format!(
+                                "the route names connection {connection:?}, which is not configured"
+                            )
+                        })?;
+                    Ok(Route {
+                        connection: index,
+                        destination: destination.to_owned(),
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            return Ok((batch, routes));
+        }
+        let source = message
+            .attributes
+            .get(queue_attr::SOURCE)
+            .map(String::as_str)
+            .unwrap_or_default();
+        let routes: Vec<Route> = inner
+            .by_source
+            .get(source)
+            .into_iter()
+            .flatten()
+            .flat_map(|&i| {
+                inner.settings.connections[i]
+                    .destinations
+                    .iter()
+                    .map(move |d| Route {
+                        connection: i,
+                        destination: d.clone(),
+                    })
+            })
+            .collect();
+        if routes.is_empty() {
+            return Err(format!("no connection takes source {source:?}"));
+        }
+        Ok((batch, routes))
+    }
+
+    async fn ack(&self, message: &Received) {
+        self.ack_all(std::slice::from_ref(&message.receipt)).await;
+    }
+
+    async fn nack(&self, message: &Received) {
+        let delay = self.backoff(message.receive_count);
+        self.inner.stats.nacked.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.inner.queue.nack(&message.receipt, delay).await {
+            tracing::warn!(error = %e, "cannot give a message back; it returns after its visibility timeout");
+        }
+    }
+
+    /// Full jitter over an exponential step: spreads retries of a burst.
+    fn backoff(&self, receive_count: u32) -> Duration {
+        let s = &self.inner.settings;
+        let step = s
+            .retry_min
+            .saturating_mul(1u32 << receive_count.saturating_sub(1).min(20))
+            .min(s.retry_max);
+        step.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+
+    /// A copy owing only `failed`, then the original goes.
+    async fn requeue_for(&self, message: &Received, failed: &[Route]) {
+        let owed = failed
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    self.inner.settings.connections[r.connection].id, r.destination
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut attributes = message.attributes.clone();
+        attributes.insert(attr::ROUTE.to_owned(), owed);
+        let copy = Message {
+            body: message.body.clone(),
+            attributes,
+            delay: self.backoff(message.receive_count),
+        };
+        match self.inner.queue.send(vec![copy]).await {
+            Ok(()) => {
+                self.inner.stats.requeued.fetch_add(1, Ordering::Relaxed);
+                self.ack(message).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot queue a retry copy; the whole message comes back");
+                self.nack(message).await;
+            }
+        }
+    }
+
+    /// A message nothing can be done with: kept with the reason, out of the way.
+    async fn dead_letter(&self, message: Received, reason: &str) {
+        tracing::error!(
+            reason,
+            message_id = message.message_id,
+            "to the dead-letter queue"
+        );
+        if self.copy_to_dead_letter(&message, reason).await {
+            self.ack(&message).await;
+        } else {
+            self.nack(&message).await;
+        }
+    }
+
+    async fn copy_to_dead_letter(&self, message: &Received, reason: &str) -> bool {
+        self.inner
+            .stats
+            .dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
+        let Some(dlq) = &self.inner.dead_letter else {
+            tracing::error!(
+                reason,
+                "no dead-letter queue is configured: the message is dropped"
+            );
+            return true;
+        };
+        let mut because = reason.to_owned();
+        schema::limits::truncate_chars(&mut because, 1000);
+        let mut attributes = message.attributes.clone();
+        attributes.insert(attr::REJECTED_BECAUSE.to_owned(), because);
+        dlq.send(vec![Message {
+            body: message.body.clone(),
+            attributes,
+            delay: Duration::ZERO,
+        }])
+        .await
+        .is_ok()
+    }
+}
+
+/// Keys that mark a batch as already given to `destination`: the S3 source's batch id, the
+/// sender's `source_request_id`, and the queue message itself (a redelivery). And per event,
+/// its `source_message_id`.
+fn dedupe_keys(message: &Received, batch: &Batch, destination: &str) -> (Vec<String>, Vec<String>) {
+    let source = message
+        .attributes
+        .get(queue_attr::SOURCE)
+        .map(String::as_str)
+        .unwrap_or_default();
+    let mut keys = vec![format!("{destination}\u{1f}m:{}", message.message_id)];
+    if let Some(id) = message.attributes.get(attr::BATCH_ID) {
+        keys.push(format!("{destination}\u{1f}b:{id}"));
+    }
+    if let Some(id) = &batch.source_request_id {
+        keys.push(format!("{destination}\u{1f}r:{source}:{id}"));
+    }
+    let events = batch
+        .events
+        .iter()
+        .filter_map(|e| {
+            e.source_message_id
+                .as_ref()
+                .map(|id| event_key(destination, message, id))
+        })
+        .collect();
+    (keys, events)
+}
+
+fn event_key(destination: &str, message: &Received, id: &str) -> String {
+    let source = message
+        .attributes
+        .get(queue_attr::SOURCE)
+        .map(String::as_str)
+        .unwrap_or_default();
+    format!("{destination}\u{1f}e:{source}:{id}")
+}
+
+/// Keeps a round's messages invisible while delivery works; stops when dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(queue: &StageQueue, messages: &[Received], visibility: Duration) -> Heartbeat {
+        let queue = queue.clone();
+        let receipts: Vec<_> = messages.iter().map(|m| m.receipt.clone()).collect();
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(visibility / 3).await;
+                for receipt in &receipts {
+                    if let Err(e) = queue.extend(receipt, visibility).await {
+                        tracing::debug!(error = %e, "cannot extend a message's visibility");
+                    }
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = (0..futures.len()).map(|_| None).collect();
+    let mut pending: Vec<_> = futures.into_iter().enumerate().collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => {
+                outputs[*i] = Some(out);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}

@@ -1,0 +1,613 @@
+//! The transform stage against real queues and a real gRPC peer.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use mpconnect_transform::{Rules, Transform};
+use runtime::queue::{SqsQueue, SqsSettings};
+use runtime::store::LocalStore;
+use runtime::{AnyQueue, AnyStore, ClaimChecked, Queue, ReceiveOptions, StageQueue};
+use schema::v1::Environment;
+
+// ---------------------------------------------------------------------------------------------
+// Rules, one kind each.
+
+/// Runs `messages` through one connection with `rules` and returns what the destination got.
+async fn through(rules: Rules, batches: &[String]) -> Vec<schema::v1::Batch> {
+    let q = embedded();
+    let peer = Peer::start().await;
+    let transform = Transform::new(
+        settings(vec![connection("c", "web", &["dest"], rules)]),
+        q.queue.clone(),
+        Some(q.dead_letter.clone()),
+        client(vec![peer.addr]),
+    )
+    .unwrap();
+    q.queue
+        .send(batches.iter().map(|b| message("web", b)).collect())
+        .await
+        .unwrap();
+    while transform.poll_once().await.unwrap() > 0 {}
+    let got = peer.recorder.batches("dest");
+    peer.stop().await;
+    got
+}
+
+fn mixed(id: &str) -> String {
+    batch_json(
+        id,
+        &[
+            custom("Play", &format!("{id}-1")),
+            custom("Pause", &format!("{id}-2")),
+            r#"{"event_type":"screen_view","data":{"screen_name":"Home"}}"#.into(),
+        ]
+        .join(","),
+    )
+}
+
+fn names(batches: &[schema::v1::Batch]) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| &b.events)
+        .map(|e| {
+            let kind = e.kind.as_ref().unwrap();
+            mpconnect_transform::rules::event_name(kind)
+                .unwrap_or(schema::json::event_type_name(kind))
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn rule_filter_by_event_type() {
+    let got = through(
+        Rules {
+            allow_event_types: vec!["screen_view".into()],
+            ..Rules::default()
+        },
+        &[mixed("a")],
+    )
+    .await;
+    assert_eq!(names(&got), ["Home"]);
+    let got = through(
+        Rules {
+            deny_event_types: vec!["screen_view".into()],
+            ..Rules::default()
+        },
+        &[mixed("a")],
+    )
+    .await;
+    assert_eq!(names(&got), ["Play", "Pause"]);
+}
+
+#[tokio::test]
+async fn rule_filter_by_event_name() {
+    let got = through(
+        Rules {
+            allow_event_names: vec!["Play".into()],
+            ..Rules::default()
+        },
+        &[mixed("a")],
+    )
+    .await;
+    assert_eq!(
+        names(&got),
+        ["Play"],
+        "the screen view's name is Home, not allowed"
+    );
+    let got = through(
+        Rules {
+            deny_event_names: vec!["Pause".into()],
+            ..Rules::default()
+        },
+        &[mixed("a")],
+    )
+    .await;
+    assert_eq!(names(&got), ["Play", "Home"]);
+    // Nothing left: nothing sent.
+    let got = through(
+        Rules {
+            allow_event_names: vec!["Stop".into()],
+            ..Rules::default()
+        },
+        &[mixed("a")],
+    )
+    .await;
+    assert!(got.is_empty());
+}
+
+#[tokio::test]
+async fn rule_rename_and_drop_custom_attributes() {
+    let rules = Rules {
+        rename_attributes: [("old".to_owned(), "new".to_owned())].into(),
+        drop_attributes: vec!["drop".into()],
+        ..Rules::default()
+    };
+    let got = through(rules, &[mixed("a")]).await;
+    let keys: Vec<_> = got[0].events[0]
+        .custom_attributes
+        .as_ref()
+        .unwrap()
+        .values
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys, ["keep", "new"]);
+}
+
+#[tokio::test]
+async fn rule_rename_and_drop_user_attributes() {
+    let json = r#"{"environment":"development","user_attributes":{"$firstname":"Ada","ssn":"x","tier":"gold"},"events":[]}"#;
+    let rules = Rules {
+        rename_user_attributes: [("tier".to_owned(), "level".to_owned())].into(),
+        drop_user_attributes: vec!["ssn".into()],
+        ..Rules::default()
+    };
+    let got = through(rules, &[json.to_owned()]).await;
+    let keys: Vec<_> = got[0]
+        .user_attributes
+        .as_ref()
+        .unwrap()
+        .values
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        keys,
+        ["$firstname", "level"],
+        "a batch without events still goes: it carries user attributes"
+    );
+}
+
+#[tokio::test]
+async fn rule_hash_user_identities() {
+    let json = r#"{"environment":"development","user_identities":{"email":" Ada@Example.com","customer_id":"c-1"},"events":[]}"#;
+    let got = through(
+        Rules {
+            hash_identities: true,
+            ..Rules::default()
+        },
+        &[json.to_owned()],
+    )
+    .await;
+    let ids: BTreeMap<_, _> = got[0]
+        .user_identities
+        .as_ref()
+        .unwrap()
+        .values
+        .iter()
+        .map(|i| {
+            (
+                i.identity_type.clone().unwrap(),
+                i.identity.clone().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids["email"],
+        mpconnect_transform::rules::hash_value("email", "ada@example.com")
+    );
+    assert_eq!(
+        ids["customer_id"],
+        mpconnect_transform::rules::hash_value("customer_id", "c-1")
+    );
+    assert_eq!(ids["email"].len(), 64);
+}
+
+#[tokio::test]
+async fn rule_set_environment() {
+    let got = through(
+        Rules {
+            set_environment: Some(Environment::Production),
+            ..Rules::default()
+        },
+        &[mixed("a")],
+    )
+    .await;
+    assert_eq!(got[0].environment(), Environment::Production);
+}
+
+#[tokio::test]
+async fn rule_drop_repeats_by_source_message_id() {
+    // The same events again in another batch (a sender's retry): dropped.
+    let first = mixed("a");
+    let again = batch_json(
+        "b",
+        &[custom("Play", "a-1"), custom("New", "b-9")].join(","),
+    );
+    let got = through(Rules::default(), &[first, again]).await;
+    assert_eq!(names(&got), ["Play", "Pause", "Home", "New"]);
+}
+
+#[tokio::test]
+async fn invalid_rules_are_refused_at_start_with_every_problem() {
+    let q = embedded();
+    let bad = vec![
+        connection(
+            "c",
+            "web",
+            &[],
+            Rules {
+                allow_event_types: vec!["clicks".into()],
+                ..Rules::default()
+            },
+        ),
+        connection("c", "web", &["d"], Rules::default()),
+    ];
+    let problems = Transform::new(settings(bad), q.queue.clone(), None, client(vec![]))
+        .err()
+        .unwrap();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("connections[0] (c): no destinations"))
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("\"clicks\" is not an mParticle event type"))
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p == "connections[1] (c): the id is used twice")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_down_for_a_while_loses_nothing() {
+    let q = embedded();
+    // Reserve an address, then leave it closed: delivery is down.
+    let reserved = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let transform = Transform::new(
+        settings(vec![connection("c", "web", &["dest"], Rules::default())]),
+        q.queue.clone(),
+        Some(q.dead_letter.clone()),
+        client(vec![addr]),
+    )
+    .unwrap();
+    let running = run(transform.clone());
+    q.queue
+        .send(
+            (0..20)
+                .map(|i| message("web", &mixed(&format!("r{i}"))))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let depth = q.queue.depth().await.unwrap();
+    assert_eq!(
+        depth.visible + depth.in_flight + depth.delayed,
+        20,
+        "all still in the queue"
+    );
+    assert!(
+        transform
+            .stats()
+            .nacked
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+
+    let peer = Peer::start_at(addr, Recorder::default()).await;
+    peer.recorder
+        .wait_for("dest", 20, Duration::from_secs(30))
+        .await;
+    let mut ids = peer.recorder.request_ids("dest");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+    running.stop().await;
+    peer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_with_one_destination_failing() {
+    let q = embedded();
+    let peer = Peer::start().await;
+    peer.recorder.fail("sick", true);
+    let transform = Transform::new(
+        settings(vec![connection(
+            "c",
+            "web",
+            &["healthy", "sick"],
+            Rules::default(),
+        )]),
+        q.queue.clone(),
+        Some(q.dead_letter.clone()),
+        client(vec![peer.addr]),
+    )
+    .unwrap();
+    let running = run(transform.clone());
+    q.queue
+        .send(
+            (0..15)
+                .map(|i| message("web", &mixed(&format!("r{i}"))))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    peer.recorder
+        .wait_for("healthy", 15, Duration::from_secs(20))
+        .await;
+    // The sick one is retried several times meanwhile; the healthy one must not see repeats.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        peer.recorder.request_ids("healthy").len(),
+        15,
+        "the healthy destination got each batch exactly once"
+    );
+    assert!(peer.recorder.request_ids("sick").is_empty());
+    assert!(
+        transform
+            .stats()
+            .requeued
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+
+    peer.recorder.fail("sick", false);
+    peer.recorder
+        .wait_for("sick", 15, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut sick = peer.recorder.request_ids("sick");
+    sick.sort();
+    sick.dedup();
+    assert_eq!(
+        sick.len(),
+        15,
+        "the failing destination got every batch after it recovered"
+    );
+    assert_eq!(
+        peer.recorder.request_ids("healthy").len(),
+        15,
+        "still exactly once"
+    );
+    running.stop().await;
+    peer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_does_not_reach_the_destination_twice() {
+    // SQS behind a proxy; the network to it is cut right after delivery answers, so the
+    // transform's ack cannot go through and the message comes back.
+    let endpoint =
+        std::env::var("MPCONNECT_TEST_MOTO").expect("MPCONNECT_TEST_MOTO: run scripts/test");
+    let proxy = Arc::new(
+        runtime::testing::FaultProxy::start(
+            endpoint.trim_start_matches("http://").parse().unwrap(),
+        )
+        .await,
+    );
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://{}", proxy.addr))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(2))
+                .build(),
+        )
+        .load()
+        .await;
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let name = format!("redeliver-{}", uuid::Uuid::new_v4().simple());
+    sqs.create_queue().queue_name(&name).send().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = AnyStore::Local(LocalStore::new(dir.path()));
+    let queue: StageQueue = ClaimChecked::new(
+        AnyQueue::Sqs(
+            SqsQueue::connect(sqs, SqsSettings::new(&name))
+                .await
+                .unwrap(),
+        ),
+        store,
+        240 * 1024,
+        "claims/",
+        SqsQueue::wire_size,
+    );
+
+    let peer = Peer::start().await;
+    let (cut, cut_rx) = std::sync::mpsc::channel::<()>();
+    *peer.recorder.on_call.lock().unwrap() = Some(Box::new(move || {
+        let _ = cut.send(());
+    }));
+    let mut s = settings(vec![connection("c", "web", &["dest"], Rules::default())]);
+    s.receive = ReceiveOptions {
+        max_messages: 10,
+        wait: Duration::from_secs(1),
+        visibility: Duration::from_secs(2),
+    };
+    let transform = Transform::new(s, queue.clone(), None, client(vec![peer.addr])).unwrap();
+    // No source_request_id and no source_message_id: only the queue message's own id can tell.
+    queue
+        .send(vec![message(
+            "web",
+            r#"{"environment":"development","events":[{"event_type":"session_start","data":{}}]}"#,
+        )])
+        .await
+        .unwrap();
+
+    let running = run(transform.clone());
+    let proxy_for_cut = proxy.clone();
+    let cutter = tokio::spawn(async move {
+        tokio::task::spawn_blocking(move || cut_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        proxy_for_cut.down().await;
+    });
+    cutter.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await; // the ack fails; the visibility runs out
+    proxy.up();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while transform
+        .stats()
+        .messages
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        peer.recorder.received.lock().unwrap().len(),
+        1,
+        "delivered once, though received twice"
+    );
+    assert!(
+        transform
+            .stats()
+            .events_deduplicated
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    let depth = queue.depth().await.unwrap();
+    assert_eq!(
+        (depth.visible, depth.in_flight),
+        (0, 0),
+        "and acknowledged the second time"
+    );
+    running.stop().await;
+    peer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_nothing_can_be_done_with_go_to_the_dead_letter_queue() {
+    let q = embedded();
+    let peer = Peer::start().await;
+    let transform = Transform::new(
+        settings(vec![connection("c", "web", &["unknown"], Rules::default())]),
+        q.queue.clone(),
+        Some(q.dead_letter.clone()),
+        client(vec![peer.addr]),
+    )
+    .unwrap();
+    q.queue
+        .send(vec![
+            message("web", &mixed("to-unknown")),
+            message("nobody", &mixed("unrouted")),
+            runtime::Message::new(&b"\xff\xff not protobuf"[..])
+                .with_attribute(runtime::queue::attr::SOURCE, "web"),
+        ])
+        .await
+        .unwrap();
+    while transform.poll_once().await.unwrap() > 0 {}
+    let dead = q
+        .dead_letter
+        .receive(ReceiveOptions {
+            max_messages: 10,
+            wait: Duration::from_millis(500),
+            visibility: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    let mut reasons: Vec<_> = dead
+        .iter()
+        .map(|m| m.attributes["mp-rejected-because"].clone())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("no connection takes source \"nobody\""),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("not a protobuf batch"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].starts_with("unknown: ") && reasons[2].ends_with("no such destination"),
+        "{reasons:?}"
+    );
+    let depth = q.queue.depth().await.unwrap();
+    assert_eq!(
+        (depth.visible, depth.in_flight, depth.delayed),
+        (0, 0, 0),
+        "none left circling"
+    );
+    peer.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Balancing.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_spread_over_every_delivery_pod_and_follow_them() {
+    let q = embedded();
+    let recorder = Recorder::default();
+    let a = Peer::start_at("127.0.0.1:0".parse().unwrap(), recorder.clone()).await;
+    let b = Peer::start_at(
+        "127.0.0.1:0".parse().unwrap(),
+        Recorder {
+            received: recorder.received.clone(),
+            ..Recorder::default()
+        },
+    )
+    .await;
+    let endpoints = Arc::new(Mutex::new(vec![a.addr, b.addr]));
+    let client = mpconnect_transform::DeliveryClient::balanced(
+        fixed(endpoints.clone()),
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+    );
+    let mut s = settings(vec![connection("c", "web", &["dest"], Rules::default())]);
+    s.receive.max_messages = 1; // one call per message, so there are many calls to spread
+    let transform =
+        Transform::new(s, q.queue.clone(), Some(q.dead_letter.clone()), client).unwrap();
+    let running = run(transform);
+    q.queue
+        .send(
+            (0..40)
+                .map(|i| message("web", &mixed(&format!("r{i}"))))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    recorder.wait_for("dest", 40, Duration::from_secs(30)).await;
+    let (calls_a, calls_b) = (
+        a.recorder.calls.load(std::sync::atomic::Ordering::Relaxed),
+        b.recorder.calls.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert!(
+        calls_a > 0 && calls_b > 0,
+        "both pods got calls: {calls_a} and {calls_b}"
+    );
+
+    // One pod goes away (and out of DNS): nothing is lost.
+    b.stop().await;
+    *endpoints.lock().unwrap() = vec![a.addr];
+    q.queue
+        .send(
+            (40..80)
+                .map(|i| message("web", &mixed(&format!("r{i}"))))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    recorder.wait_for("dest", 80, Duration::from_secs(60)).await;
+    let mut ids = recorder.request_ids("dest");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 80);
+    running.stop().await;
+    a.stop().await;
+}
