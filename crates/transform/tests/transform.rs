@@ -611,3 +611,57 @@ async fn calls_spread_over_every_delivery_pod_and_follow_them() {
     running.stop().await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn the_dns_resolver_finds_a_name_s_addresses() {
+    let resolve = mpconnect_transform::client::dns("localhost", 50051);
+    let found = resolve().await.unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|a| a.port() == 50051 && a.ip().is_loopback()),
+        "{found:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_messages_in_hand() {
+    let q = embedded();
+    let peer = Peer::start().await;
+    // Delivery takes a while to answer; shutdown is asked for meanwhile.
+    *peer.recorder.on_call.lock().unwrap() =
+        Some(Box::new(|| std::thread::sleep(Duration::from_millis(800))));
+    let transform = Transform::new(
+        settings(vec![connection("c", "web", &["dest"], Rules::default())]),
+        q.queue.clone(),
+        None,
+        client(vec![peer.addr]),
+    )
+    .unwrap();
+    q.queue
+        .send(vec![message("web", &mixed("slow"))])
+        .await
+        .unwrap();
+    let running = run(transform.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while peer
+        .recorder
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.stop().await; // returns only once the round in hand is settled
+    assert_eq!(
+        transform
+            .stats()
+            .acked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let depth = q.queue.depth().await.unwrap();
+    assert_eq!((depth.visible, depth.in_flight), (0, 0));
+    peer.stop().await;
+}
