@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mpconnect_ingest::{HttpSource, Ingest, IngestSettings};
-use runtime::queue::{EmbeddedDb, EmbeddedSync, plain_size};
-use runtime::store::LocalStore;
-use runtime::{AnyQueue, AnyStore, ClaimChecked, Secret};
+use runtime::Secret;
+use runtime::queue::{EmbeddedSync, embedded_stage_queue, local_data};
 use schema::testing::{BATCHES, EVENTS, bulk_request};
 
 const CONNECTIONS: usize = 8;
@@ -19,17 +18,7 @@ const MEASURE: Duration = Duration::from_secs(6);
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let db = EmbeddedDb::open(&dir.path().join("queue.db"), EmbeddedSync::Normal).unwrap();
-    let store = AnyStore::Local(LocalStore::new(dir.path().join("objects")));
-    let wrap = |q| {
-        ClaimChecked::new(
-            AnyQueue::Embedded(q),
-            store.clone(),
-            240 * 1024,
-            "claims/",
-            plain_size,
-        )
-    };
+    let (db, store) = local_data(dir.path(), EmbeddedSync::Normal).unwrap();
     let settings = IngestSettings {
         sources: vec![HttpSource {
             id: "bench".into(),
@@ -40,8 +29,8 @@ async fn main() {
     };
     let ingest = Ingest::new(
         settings,
-        wrap(db.queue("ingest")),
-        Some(wrap(db.queue("dlq"))),
+        embedded_stage_queue(&db, "ingest", &store),
+        Some(embedded_stage_queue(&db, "dlq", &store)),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v2/bulkevents", listener.local_addr().unwrap());

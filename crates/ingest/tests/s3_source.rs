@@ -9,14 +9,12 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
-use aws_sdk_sqs::config::Credentials;
 use aws_sdk_sqs::types::QueueAttributeName;
 use common::decode;
 use ingest::s3::{S3Source, S3SourceSettings, backfill, s3_attr};
 use mpconnect_ingest as ingest;
-use runtime::queue::{EmbeddedDb, EmbeddedSync, SqsQueue, SqsSettings, plain_size};
-use runtime::store::LocalStore;
-use runtime::{AnyQueue, AnyStore, ClaimChecked, Queue, ReceiveOptions, Received, StageQueue};
+use runtime::queue::{EmbeddedSync, SqsQueue, SqsSettings, embedded_stage_queue, local_data};
+use runtime::{AnyQueue, Queue, ReceiveOptions, Received, StageQueue};
 
 struct Moto {
     s3: aws_sdk_s3::Client,
@@ -24,28 +22,11 @@ struct Moto {
 }
 
 async fn moto() -> Moto {
-    let endpoint =
-        std::env::var("MPCONNECT_TEST_MOTO").expect("MPCONNECT_TEST_MOTO: run scripts/test");
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
-        .load()
-        .await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    );
-    Moto {
-        s3,
-        sqs: aws_sdk_sqs::Client::new(&config),
-    }
+    let (sqs, s3) = runtime::testing::moto_clients().await;
+    Moto { s3, sqs }
 }
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
+use runtime::testing::unique;
 
 /// A bucket whose object-created notifications go to a fresh queue, as in mParticle's docs.
 async fn notifying_bucket(m: &Moto) -> (String, String) {
@@ -98,23 +79,13 @@ struct Pipeline {
 
 async fn pipeline(m: &Moto, notification_queue: &str) -> Pipeline {
     let dir = tempfile::tempdir().unwrap();
-    let db = EmbeddedDb::open(&dir.path().join("queue.db"), EmbeddedSync::Normal).unwrap();
-    let store = AnyStore::Local(LocalStore::new(dir.path().join("objects")));
-    let wrap = |q| {
-        ClaimChecked::new(
-            AnyQueue::Embedded(q),
-            store.clone(),
-            240 * 1024,
-            "claims/",
-            plain_size,
-        )
-    };
+    let (db, store) = local_data(dir.path(), EmbeddedSync::Normal).unwrap();
     let notifications = SqsQueue::connect(m.sqs.clone(), SqsSettings::new(notification_queue))
         .await
         .unwrap();
     Pipeline {
-        queue: wrap(db.queue("ingest")),
-        dead_letter: wrap(db.queue("ingest-dlq")),
+        queue: embedded_stage_queue(&db, "ingest", &store),
+        dead_letter: embedded_stage_queue(&db, "ingest-dlq", &store),
         notifications,
         _dir: dir,
     }

@@ -5,34 +5,23 @@ mod common;
 
 use std::collections::HashSet;
 
-use aws_sdk_sqs::config::Credentials;
 use common::*;
-use runtime::queue::{SqsQueue, SqsSettings};
+use runtime::AnyStore;
+use runtime::queue::{SqsQueue, SqsSettings, sqs_stage_queue};
 use runtime::store::LocalStore;
-use runtime::{AnyQueue, AnyStore, ClaimChecked};
 
 async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(std::time::Duration::from_secs(1))
-                .operation_attempt_timeout(std::time::Duration::from_secs(3))
-                .build(),
-        )
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&config)
+    aws_sdk_sqs::Client::new(
+        &runtime::testing::aws_config_for(endpoint, std::time::Duration::from_secs(3)).await,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_out_of_reach_gives_503_and_nothing_acknowledged_is_lost() {
-    let moto = std::env::var("MPCONNECT_TEST_MOTO").expect("MPCONNECT_TEST_MOTO: run scripts/test");
+    let moto = runtime::testing::moto_endpoint();
     let moto_addr = moto.trim_start_matches("http://").parse().unwrap();
     let direct = sqs_client(&moto).await;
-    let name = format!("ingest-{}", uuid::Uuid::new_v4().simple());
+    let name = runtime::testing::unique("ingest");
     direct
         .create_queue()
         .queue_name(&name)
@@ -50,15 +39,7 @@ async fn sqs_out_of_reach_gives_503_and_nothing_acknowledged_is_lost() {
     let through_proxy = sqs_client(&format!("http://{}", proxy.addr)).await;
     let dir = tempfile::tempdir().unwrap();
     let store = AnyStore::Local(LocalStore::new(dir.path()));
-    let wrap = |q| {
-        ClaimChecked::new(
-            AnyQueue::Sqs(q),
-            store.clone(),
-            240 * 1024,
-            "claims/",
-            SqsQueue::wire_size,
-        )
-    };
+    let wrap = |q| sqs_stage_queue(q, &store);
     let queue = wrap(
         SqsQueue::connect(through_proxy.clone(), SqsSettings::new(&name))
             .await

@@ -6,9 +6,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ingest::s3::{S3Source, S3SourceSettings, backfill};
 use runtime::aws::{AwsSettings, s3_client, sdk_config, sqs_client};
-use runtime::queue::{EmbeddedDb, EmbeddedSync, SqsQueue, SqsSettings, plain_size};
-use runtime::store::{LocalStore, S3Store};
-use runtime::{AnyQueue, AnyStore, ClaimChecked, StageQueue};
+use runtime::queue::{
+    EmbeddedSync, SqsQueue, SqsSettings, embedded_stage_queue, local_data, sqs_stage_queue,
+};
+use runtime::store::S3Store;
+use runtime::{AnyStore, StageQueue};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -74,36 +76,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .clone()
                 .context("--claim-bucket is needed with an SQS queue")?;
             let store = AnyStore::S3(S3Store::new(s3.clone(), claims));
-            let wrap = |q| {
-                ClaimChecked::new(
-                    AnyQueue::Sqs(q),
-                    store.clone(),
-                    240 * 1024,
-                    "claims/",
-                    SqsQueue::wire_size,
-                )
-            };
             let queue = SqsQueue::connect(sqs.clone(), SqsSettings::new(name)).await?;
             let dlq_name = args
                 .dead_letter_queue
                 .clone()
                 .unwrap_or_else(|| format!("{name}-dlq"));
             let dlq = SqsQueue::connect(sqs, SqsSettings::new(dlq_name)).await?;
-            (wrap(queue), wrap(dlq))
+            (sqs_stage_queue(queue, &store), sqs_stage_queue(dlq, &store))
         }
         None => {
-            let db = EmbeddedDb::open(&args.data_dir.join("queue.db"), EmbeddedSync::Normal)?;
-            let store = AnyStore::Local(LocalStore::new(args.data_dir.join("objects")));
-            let wrap = |q| {
-                ClaimChecked::new(
-                    AnyQueue::Embedded(q),
-                    store.clone(),
-                    240 * 1024,
-                    "claims/",
-                    plain_size,
-                )
-            };
-            (wrap(db.queue("ingest")), wrap(db.queue("ingest-dlq")))
+            let (db, store) = local_data(&args.data_dir, EmbeddedSync::Normal)?;
+            (
+                embedded_stage_queue(&db, "ingest", &store),
+                embedded_stage_queue(&db, "ingest-dlq", &store),
+            )
         }
     };
     let settings = S3SourceSettings {

@@ -7,22 +7,9 @@ use aws_sdk_s3::primitives::ByteStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_reports_its_counts_and_resumes() {
-    let endpoint =
-        std::env::var("MPCONNECT_TEST_MOTO").expect("MPCONNECT_TEST_MOTO: run scripts/test");
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    );
-    let bucket = format!("mp-forwarding-{}", uuid::Uuid::new_v4().simple());
+    let endpoint = runtime::testing::moto_endpoint();
+    let (_, s3) = runtime::testing::moto_clients().await;
+    let bucket = runtime::testing::unique("mp-forwarding");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let line = r#"{"environment":"production","events":[{"event_type":"session_start","data":{"timestamp_unixtime_ms":"1700000000000"}}]}"#;
     for i in 0..5 {

@@ -4,9 +4,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runtime::queue::{EmbeddedDb, EmbeddedSync, SqsQueue, SqsSettings, plain_size};
+use runtime::queue::{
+    EmbeddedSync, SqsQueue, SqsSettings, embedded_stage_queue, local_data, sqs_stage_queue,
+};
 use runtime::store::LocalStore;
-use runtime::{AnyQueue, AnyStore, ClaimChecked, Queue, ReceiveOptions, StageQueue};
+use runtime::{AnyStore, Queue, ReceiveOptions, StageQueue};
 use transform::testing::Peer;
 use transform::{Connection, DeliveryClient, Rules, Transform, TransformSettings};
 
@@ -138,19 +140,9 @@ async fn end_to_end(queue: StageQueue, dead_letter: StageQueue) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_over_the_embedded_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let db = EmbeddedDb::open(&dir.path().join("queue.db"), EmbeddedSync::Normal).unwrap();
-    let store = AnyStore::Local(LocalStore::new(dir.path().join("objects")));
-    let wrap = |q| {
-        ClaimChecked::new(
-            AnyQueue::Embedded(q),
-            store.clone(),
-            240 * 1024,
-            "claims/",
-            plain_size,
-        )
-    };
-    let (queue, dead_letter): (StageQueue, StageQueue) =
-        (wrap(db.queue("ingest")), wrap(db.queue("ingest-dlq")));
+    let (db, store) = local_data(dir.path(), EmbeddedSync::Normal).unwrap();
+    let queue = embedded_stage_queue(&db, "ingest", &store);
+    let dead_letter = embedded_stage_queue(&db, "ingest-dlq", &store);
     end_to_end(queue.clone(), dead_letter).await;
     let depth = queue.depth().await.unwrap();
     assert_eq!(
@@ -161,18 +153,8 @@ async fn end_to_end_over_the_embedded_queue() {
 }
 
 async fn sqs_queues() -> (StageQueue, StageQueue, tempfile::TempDir) {
-    let endpoint =
-        std::env::var("MPCONNECT_TEST_MOTO").expect("MPCONNECT_TEST_MOTO: run scripts/test");
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
-    let sqs = aws_sdk_sqs::Client::new(&config);
-    let name = format!("ingest-{}", uuid::Uuid::new_v4().simple());
+    let (sqs, _) = runtime::testing::moto_clients().await;
+    let name = runtime::testing::unique("ingest");
     sqs.create_queue().queue_name(&name).send().await.unwrap();
     sqs.create_queue()
         .queue_name(format!("{name}-dlq"))
@@ -181,26 +163,17 @@ async fn sqs_queues() -> (StageQueue, StageQueue, tempfile::TempDir) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = AnyStore::Local(LocalStore::new(dir.path()));
-    let wrap = |q| {
-        ClaimChecked::new(
-            AnyQueue::Sqs(q),
-            store.clone(),
-            240 * 1024,
-            "claims/",
-            SqsQueue::wire_size,
-        )
-    };
-    let queue = wrap(
-        SqsQueue::connect(sqs.clone(), SqsSettings::new(&name))
-            .await
-            .unwrap(),
-    );
-    let dlq = wrap(
-        SqsQueue::connect(sqs, SqsSettings::new(format!("{name}-dlq")))
-            .await
-            .unwrap(),
-    );
-    (queue, dlq, dir)
+    let queue = SqsQueue::connect(sqs.clone(), SqsSettings::new(&name))
+        .await
+        .unwrap();
+    let dlq = SqsQueue::connect(sqs, SqsSettings::new(format!("{name}-dlq")))
+        .await
+        .unwrap();
+    (
+        sqs_stage_queue(queue, &store),
+        sqs_stage_queue(dlq, &store),
+        dir,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,53 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
+/// The moto server `scripts/test` started. Not skippable: without it the tests against SQS
+/// and S3 would silently test nothing.
+pub fn moto_endpoint() -> String {
+    std::env::var("MPCONNECT_TEST_MOTO").expect(
+        "MPCONNECT_TEST_MOTO is not set: run the suite with scripts/test, which installs and \
+         starts moto (or start `moto_server` yourself and point this variable at it)",
+    )
+}
+
+/// AWS configuration for `endpoint` (moto, or a proxy in front of it), with test credentials.
+pub async fn aws_config_for(
+    endpoint: &str,
+    attempt_timeout: std::time::Duration,
+) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_secs(1))
+                .operation_attempt_timeout(attempt_timeout)
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// SQS and path-style S3 clients on moto.
+pub async fn moto_clients() -> (aws_sdk_sqs::Client, aws_sdk_s3::Client) {
+    let config = aws_config_for(&moto_endpoint(), std::time::Duration::from_secs(30)).await;
+    let s3 = aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(true)
+        .build();
+    (
+        aws_sdk_sqs::Client::new(&config),
+        aws_sdk_s3::Client::from_conf(s3),
+    )
+}
+
+/// A fresh name, so tests sharing one moto server never meet.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
 /// A TCP proxy that can be switched off, cutting every connection through it: the network
 /// between ingest and its queue, failing for real.
 pub struct FaultProxy {

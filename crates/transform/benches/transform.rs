@@ -10,24 +10,16 @@ use std::time::{Duration, Instant};
 use mpconnect_transform::testing::{Discard, serve_discard};
 use mpconnect_transform::{Connection, DeliveryClient, Rules, Transform, TransformSettings};
 use prost::Message as _;
-use runtime::queue::{EmbeddedDb, EmbeddedSync, plain_size};
-use runtime::store::LocalStore;
-use runtime::{AnyQueue, AnyStore, ClaimChecked, Message, Queue, ReceiveOptions};
+use runtime::queue::{EmbeddedSync, embedded_stage_queue, local_data};
+use runtime::{Message, Queue, ReceiveOptions};
 
 const BATCHES: usize = 20_000;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let db = EmbeddedDb::open(&dir.path().join("queue.db"), EmbeddedSync::Normal).unwrap();
-    let store = AnyStore::Local(LocalStore::new(dir.path().join("objects")));
-    let queue = ClaimChecked::new(
-        AnyQueue::Embedded(db.queue("ingest")),
-        store,
-        240 * 1024,
-        "claims/",
-        plain_size,
-    );
+    let (db, store) = local_data(dir.path(), EmbeddedSync::Normal).unwrap();
+    let queue = embedded_stage_queue(&db, "ingest", &store);
 
     // Ingest's messages: one protobuf batch each.
     let mut bodies = Vec::new();

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::*;
 use mpconnect_transform::{Rules, Transform};
-use runtime::queue::{SqsQueue, SqsSettings};
+use runtime::queue::{SqsQueue, SqsSettings, sqs_stage_queue};
 use runtime::store::LocalStore;
-use runtime::{AnyQueue, AnyStore, ClaimChecked, Queue, ReceiveOptions, StageQueue};
+use runtime::{AnyStore, Queue, ReceiveOptions, StageQueue};
 use schema::v1::Environment;
 
 // ---------------------------------------------------------------------------------------------
@@ -383,42 +383,26 @@ async fn fan_out_with_one_destination_failing() {
 async fn a_redelivered_message_does_not_reach_the_destination_twice() {
     // SQS behind a proxy; the network to it is cut right after delivery answers, so the
     // transform's ack cannot go through and the message comes back.
-    let endpoint =
-        std::env::var("MPCONNECT_TEST_MOTO").expect("MPCONNECT_TEST_MOTO: run scripts/test");
+    let endpoint = runtime::testing::moto_endpoint();
     let proxy = Arc::new(
         runtime::testing::FaultProxy::start(
             endpoint.trim_start_matches("http://").parse().unwrap(),
         )
         .await,
     );
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://{}", proxy.addr))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .operation_attempt_timeout(Duration::from_secs(2))
-                .build(),
-        )
-        .load()
-        .await;
+    let config =
+        runtime::testing::aws_config_for(&format!("http://{}", proxy.addr), Duration::from_secs(2))
+            .await;
     let sqs = aws_sdk_sqs::Client::new(&config);
-    let name = format!("redeliver-{}", uuid::Uuid::new_v4().simple());
+    let name = runtime::testing::unique("redeliver");
     sqs.create_queue().queue_name(&name).send().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = AnyStore::Local(LocalStore::new(dir.path()));
-    let queue: StageQueue = ClaimChecked::new(
-        AnyQueue::Sqs(
-            SqsQueue::connect(sqs, SqsSettings::new(&name))
-                .await
-                .unwrap(),
-        ),
-        store,
-        240 * 1024,
-        "claims/",
-        SqsQueue::wire_size,
+    let queue: StageQueue = sqs_stage_queue(
+        SqsQueue::connect(sqs, SqsSettings::new(&name))
+            .await
+            .unwrap(),
+        &store,
     );
 
     let peer = Peer::start().await;

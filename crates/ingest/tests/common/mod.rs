@@ -7,11 +7,8 @@ use std::time::Duration;
 use ingest::{HttpSource, Ingest, IngestSettings};
 use mpconnect_ingest as ingest;
 use prost::Message as _;
-use runtime::queue::{EmbeddedDb, EmbeddedSync, plain_size};
-use runtime::store::LocalStore;
-use runtime::{
-    AnyQueue, AnyStore, ClaimChecked, Queue, ReceiveOptions, Received, Secret, StageQueue,
-};
+use runtime::queue::{EmbeddedDb, EmbeddedSync, embedded_stage_queue, local_data};
+use runtime::{Queue, ReceiveOptions, Received, Secret, StageQueue};
 use tokio::net::TcpListener;
 
 pub const KEY: &str = "key-web";
@@ -71,22 +68,10 @@ impl Server {
 }
 
 fn embedded(dir: &tempfile::TempDir) -> (EmbeddedDb, StageQueue, StageQueue) {
-    let db = EmbeddedDb::open(&dir.path().join("queue.db"), EmbeddedSync::Normal).unwrap();
-    let store = AnyStore::Local(LocalStore::new(dir.path().join("objects")));
-    let wrap = |q| {
-        ClaimChecked::new(
-            AnyQueue::Embedded(q),
-            store.clone(),
-            240 * 1024,
-            "claims/",
-            plain_size,
-        )
-    };
-    (
-        db.clone(),
-        wrap(db.queue("ingest")),
-        wrap(db.queue("ingest-dlq")),
-    )
+    let (db, store) = local_data(dir.path(), EmbeddedSync::Normal).unwrap();
+    let queue = embedded_stage_queue(&db, "ingest", &store);
+    let dead_letter = embedded_stage_queue(&db, "ingest-dlq", &store);
+    (db, queue, dead_letter)
 }
 
 /// Ingest over the embedded queue.

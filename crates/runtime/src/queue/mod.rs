@@ -194,6 +194,43 @@ impl Queue for AnyQueue {
     }
 }
 
+/// The embedded queue `name` in `db`, with large bodies claim-checked into `store`.
+pub fn embedded_stage_queue(
+    db: &EmbeddedDb,
+    name: &str,
+    store: &crate::AnyStore,
+) -> crate::StageQueue {
+    ClaimChecked::new(
+        AnyQueue::Embedded(db.queue(name)),
+        store.clone(),
+        DEFAULT_CLAIM_CHECK_THRESHOLD,
+        "claims/",
+        plain_size,
+    )
+}
+
+/// An SQS queue, with large bodies claim-checked into `store` (sized as SQS counts them).
+pub fn sqs_stage_queue(queue: SqsQueue, store: &crate::AnyStore) -> crate::StageQueue {
+    ClaimChecked::new(
+        AnyQueue::Sqs(queue),
+        store.clone(),
+        DEFAULT_CLAIM_CHECK_THRESHOLD,
+        "claims/",
+        SqsQueue::wire_size,
+    )
+}
+
+/// A local data directory: the embedded queue database (`queue.db`) and the object store
+/// (`objects/`), as `mpconnect all` keeps them.
+pub fn local_data(
+    dir: &std::path::Path,
+    sync: embedded::Sync,
+) -> Result<(EmbeddedDb, crate::AnyStore), QueueError> {
+    let db = EmbeddedDb::open(&dir.join("queue.db"), sync)?;
+    let store = crate::AnyStore::Local(crate::store::LocalStore::new(dir.join("objects")));
+    Ok((db, store))
+}
+
 /// Dead-lettering: after this many receives a message moves to the dead-letter queue.
 #[derive(Debug, Clone)]
 pub struct Redrive<Q> {

@@ -2,21 +2,13 @@
 //! queue and the local store.
 #![allow(dead_code)]
 
-use aws_sdk_sqs::config::Credentials;
 use mpconnect_runtime::aws::{AwsSettings, s3_client, sqs_client};
 use mpconnect_runtime::queue::DEFAULT_CLAIM_CHECK_THRESHOLD;
 use mpconnect_runtime::queue::{EmbeddedDb, EmbeddedSync, SqsQueue, SqsSettings, plain_size};
 use mpconnect_runtime::store::{LocalStore, S3Store};
 use mpconnect_runtime::{AnyQueue, AnyStore, ClaimChecked};
 
-/// The moto server `scripts/test` started. Not skippable: without it the SQS half of the
-/// contract would silently go untested.
-pub fn moto_endpoint() -> String {
-    std::env::var("MPCONNECT_TEST_MOTO").expect(
-        "MPCONNECT_TEST_MOTO is not set: run the suite with scripts/test, which installs and \
-         starts moto (or start `moto_server` yourself and point this variable at it)",
-    )
-}
+pub use mpconnect_runtime::testing::{moto_endpoint, unique};
 
 pub async fn aws() -> (aws_config::SdkConfig, AwsSettings) {
     let settings = AwsSettings {
@@ -24,17 +16,12 @@ pub async fn aws() -> (aws_config::SdkConfig, AwsSettings) {
         endpoint_url: Some(moto_endpoint()),
         force_path_style: true,
     };
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(moto_endpoint())
-        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
-        .load()
-        .await;
+    let config = mpconnect_runtime::testing::aws_config_for(
+        &moto_endpoint(),
+        std::time::Duration::from_secs(30),
+    )
+    .await;
     (config, settings)
-}
-
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
 pub type TestQueue = ClaimChecked<AnyQueue, AnyStore>;

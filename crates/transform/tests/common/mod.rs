@@ -10,9 +10,8 @@ pub use mpconnect_transform::testing::{Peer, Recorder};
 use mpconnect_transform::{
     Connection, DeliveryClient, Resolve, Rules, Transform, TransformSettings,
 };
-use runtime::queue::{EmbeddedDb, EmbeddedSync, plain_size};
-use runtime::store::LocalStore;
-use runtime::{AnyQueue, AnyStore, ClaimChecked, ReceiveOptions, StageQueue};
+use runtime::queue::{EmbeddedDb, EmbeddedSync, embedded_stage_queue, local_data};
+use runtime::{ReceiveOptions, StageQueue};
 
 pub fn fixed(addrs: Arc<Mutex<Vec<SocketAddr>>>) -> Resolve {
     Arc::new(move || {
@@ -62,20 +61,10 @@ pub struct Queues {
 
 pub fn embedded() -> Queues {
     let dir = tempfile::tempdir().unwrap();
-    let db = EmbeddedDb::open(&dir.path().join("queue.db"), EmbeddedSync::Normal).unwrap();
-    let store = AnyStore::Local(LocalStore::new(dir.path().join("objects")));
-    let wrap = |q| {
-        ClaimChecked::new(
-            AnyQueue::Embedded(q),
-            store.clone(),
-            240 * 1024,
-            "claims/",
-            plain_size,
-        )
-    };
+    let (db, store) = local_data(dir.path(), EmbeddedSync::Normal).unwrap();
     Queues {
-        queue: wrap(db.queue("ingest")),
-        dead_letter: wrap(db.queue("ingest-dlq")),
+        queue: embedded_stage_queue(&db, "ingest", &store),
+        dead_letter: embedded_stage_queue(&db, "ingest-dlq", &store),
         db,
         _dir: dir,
     }
