@@ -58,6 +58,15 @@ async fn sent_messages_survive_kill_9() {
 
     let db = EmbeddedDb::open(&path, EmbeddedSync::Normal).unwrap();
     let queue = db.queue("ingest");
+    let oldest = queue
+        .oldest_sent_at_ms()
+        .await
+        .unwrap()
+        .expect("messages are waiting");
+    assert!(
+        (mpconnect_runtime::now_ms() - oldest).abs() < 60_000,
+        "the oldest waits since it was sent"
+    );
     let mut bodies = std::collections::HashSet::new();
     loop {
         let got = queue
@@ -81,5 +90,10 @@ async fn sent_messages_survive_kill_9() {
             .unwrap();
     }
     assert_eq!(bodies.len(), MESSAGES);
+    assert_eq!(
+        queue.oldest_sent_at_ms().await.unwrap(),
+        None,
+        "nothing waits once all are acked"
+    );
     assert!((0..MESSAGES).all(|i| bodies.contains(&format!("message {i}"))));
 }

@@ -230,10 +230,3 @@ pub fn local_data(
     let store = crate::AnyStore::Local(crate::store::LocalStore::new(dir.join("objects")));
     Ok((db, store))
 }
-
-/// Dead-lettering: after this many receives a message moves to the dead-letter queue.
-#[derive(Debug, Clone)]
-pub struct Redrive<Q> {
-    pub max_receives: u32,
-    pub dead_letter: Q,
-}
