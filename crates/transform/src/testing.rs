@@ -11,6 +11,18 @@ use schema::v1::delivery_service_server::{DeliveryService, DeliveryServiceServer
 use schema::v1::{BatchOutcome, DeliverRequest, DeliverResponse, Outcome, RoutedBatch};
 use tonic::{Request, Response, Status};
 
+/// "Delivered" for each batch.
+fn delivered(batches: &[RoutedBatch]) -> Vec<BatchOutcome> {
+    batches
+        .iter()
+        .map(|b| BatchOutcome {
+            key: b.key.clone(),
+            outcome: Outcome::Delivered as i32,
+            detail: String::new(),
+        })
+        .collect()
+}
+
 /// A test hook run on each call.
 pub type Hook = Box<dyn Fn() + Send + Sync>;
 
@@ -39,15 +51,7 @@ impl DeliveryService for Recorder {
         if self.failing.lock().unwrap().contains(&request.destination) {
             return Err(Status::unavailable("destination down"));
         }
-        let outcomes = request
-            .batches
-            .iter()
-            .map(|b| BatchOutcome {
-                key: b.key.clone(),
-                outcome: Outcome::Delivered as i32,
-                detail: String::new(),
-            })
-            .collect();
+        let outcomes = delivered(&request.batches);
         {
             let mut received = self.received.lock().unwrap();
             for batch in request.batches {
@@ -172,15 +176,7 @@ impl DeliveryService for Discard {
         let request = request.into_inner();
         self.batches
             .fetch_add(request.batches.len() as u64, Ordering::Relaxed);
-        let outcomes = request
-            .batches
-            .iter()
-            .map(|b| BatchOutcome {
-                key: b.key.clone(),
-                outcome: Outcome::Delivered as i32,
-                detail: String::new(),
-            })
-            .collect();
+        let outcomes = delivered(&request.batches);
         Ok(Response::new(DeliverResponse { outcomes }))
     }
 }
