@@ -33,15 +33,18 @@ pub struct TraceContext {
 impl TraceContext {
     /// Accepts a `traceparent` of version 00 with non-zero ids; anything else starts a new trace.
     pub fn continue_or_start(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
-        match traceparent.filter(|t| is_valid_traceparent(t)) {
-            Some(t) => TraceContext {
-                traceparent: t.to_ascii_lowercase(),
-                tracestate: tracestate
-                    .filter(|s| !s.is_empty() && s.len() <= 512)
-                    .map(str::to_owned),
-            },
-            None => Self::start(),
-        }
+        Self::continue_from(traceparent, tracestate).unwrap_or_else(Self::start)
+    }
+
+    /// The caller's trace, if it sent a valid `traceparent` of version 00 with non-zero ids.
+    pub fn continue_from(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<Self> {
+        let traceparent = traceparent.filter(|t| is_valid_traceparent(t))?;
+        Some(TraceContext {
+            traceparent: traceparent.to_ascii_lowercase(),
+            tracestate: tracestate
+                .filter(|s| !s.is_empty() && s.len() <= 512)
+                .map(str::to_owned),
+        })
     }
 
     /// A new sampled trace.

@@ -270,7 +270,7 @@ impl Transform {
                     } else {
                         applied_batch.clone()
                     };
-                    let (keys, event_keys) = dedupe_keys(message, &out, &route.destination);
+                    let keys = dedupe_keys(message, &out, &route.destination);
                     if keys.iter().any(|k| seen(k, &in_round)) {
                         stats
                             .events_deduplicated
@@ -279,11 +279,19 @@ impl Transform {
                         keys_per_route[r] = (route.destination.clone(), Vec::new());
                         continue;
                     }
+                    // Each kept event's key is made once, here, and remembered below.
+                    let mut event_keys = Vec::new();
                     let before = out.events.len();
                     out.events.retain(|e| {
-                        e.source_message_id.as_ref().is_none_or(|id| {
-                            !seen(&event_key(&route.destination, message, id), &in_round)
-                        })
+                        let Some(id) = &e.source_message_id else {
+                            return true;
+                        };
+                        let key = event_key(&route.destination, message, id);
+                        if seen(&key, &in_round) {
+                            return false;
+                        }
+                        event_keys.push(key);
+                        true
                     });
                     let repeats = before - out.events.len();
                     stats
@@ -599,9 +607,9 @@ impl Transform {
 }
 
 /// Keys that mark a batch as already given to `destination`: the S3 source's batch id, the
-/// sender's `source_request_id`, and the queue message itself (a redelivery). And per event,
-/// its `source_message_id`.
-fn dedupe_keys(message: &Received, batch: &Batch, destination: &str) -> (Vec<String>, Vec<String>) {
+/// sender's `source_request_id`, and the queue message itself (a redelivery). Events have
+/// their own, from `source_message_id` ([`event_key`]).
+fn dedupe_keys(message: &Received, batch: &Batch, destination: &str) -> Vec<String> {
     let source = message
         .attributes
         .get(queue_attr::SOURCE)
@@ -614,16 +622,7 @@ fn dedupe_keys(message: &Received, batch: &Batch, destination: &str) -> (Vec<Str
     if let Some(id) = &batch.source_request_id {
         keys.push(format!("{destination}\u{1f}r:{source}:{id}"));
     }
-    let events = batch
-        .events
-        .iter()
-        .filter_map(|e| {
-            e.source_message_id
-                .as_ref()
-                .map(|id| event_key(destination, message, id))
-        })
-        .collect();
-    (keys, events)
+    keys
 }
 
 fn event_key(destination: &str, message: &Received, id: &str) -> String {

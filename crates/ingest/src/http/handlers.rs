@@ -165,7 +165,8 @@ async fn accept(
 
     let now = now_ms();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let trace = TraceContext::continue_or_start(header("traceparent"), header("tracestate"));
+    // The caller's trace carries every batch; without one, each batch starts its own.
+    let caller = TraceContext::continue_from(header("traceparent"), header("tracestate"));
     let is_array =
         door != Door::Events && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
 
@@ -176,11 +177,7 @@ async fn accept(
         match check(raw, door, now) {
             Ok(batch) => {
                 events += batch.events.len();
-                let trace = if header("traceparent").is_some() {
-                    trace.clone()
-                } else {
-                    TraceContext::start()
-                };
+                let trace = caller.clone().unwrap_or_else(TraceContext::start);
                 accepted.push(queue_message(
                     batch.encode_to_vec(),
                     &source.id,
@@ -219,6 +216,7 @@ async fn accept(
     // mParticle answers a bulk request with some bad batches 202 and drops them; we keep them
     // in the dead-letter queue, where `mpconnect dlq` shows why.
     if !refused.is_empty() {
+        let trace = caller.unwrap_or_else(TraceContext::start);
         dead_letter(ingest, &source.id, door, now, &trace, refused).await?;
     }
     Ok(())
