@@ -1,5 +1,27 @@
-//! The delivery stage: the `DeliveryService` gRPC server and the destination drivers (one
-//! folder per driver). So far: the mParticle driver's request builder, which packs batches
-//! into Events API requests within mParticle's limits.
+//! The delivery stage: the `DeliveryService` gRPC server, one folder per destination driver
+//! (`mparticle`, `s3`, `webhook`, `file`), a retry queue per destination, and the dead-letter
+//! store.
+//!
+//! A batch is answered only once it is delivered, parked in its destination's retry queue, or
+//! dead-lettered; the transform acknowledges its input on that answer.
 
+pub mod destination;
+pub mod dlq;
+pub mod driver;
+pub mod file;
+mod http;
+pub mod layout;
+pub mod limit;
 pub mod mparticle;
+pub mod retry;
+pub mod s3;
+pub mod service;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
+pub mod webhook;
+
+pub use destination::{Destination, DestinationSettings, DestinationState};
+pub use dlq::{DeadLetter, DeadLetters, RedriveReport};
+pub use driver::{Answer, Driver};
+pub use service::Delivery;

@@ -14,7 +14,7 @@ pub use queue::{
     AnyQueue, Attributes, ClaimChecked, Depth, Message, Queue, QueueError, Receipt, ReceiveOptions,
     Received,
 };
-pub use secret::Secret;
+pub use secret::{Secret, SecretSource};
 pub use store::{AnyStore, ObjectInfo, ObjectStore, StoreError};
 
 /// The queue every stage uses: either backend, with claim checks for large bodies.

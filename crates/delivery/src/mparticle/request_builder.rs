@@ -57,15 +57,24 @@ pub enum PackError {
 /// Packs `batches` into requests, in order. Each batch is prepared for the Events API (the
 /// outbound-only fields of mParticle's outputs removed) and encoded in the inbound dialect.
 /// A batch that cannot be made to fit is reported by its position, and the others still pack.
-pub fn pack<K: Clone>(
-    batches: Vec<(K, Batch)>,
+pub fn pack<'a, K: Clone>(
+    batches: impl IntoIterator<Item = (K, &'a Batch)>,
     limits: Limits,
 ) -> (Vec<Request<K>>, Vec<(K, PackError)>) {
     let mut encoded: Vec<(Part<K>, Vec<u8>)> = Vec::new();
     let mut refused = Vec::new();
-    for (position, (key, mut batch)) in batches.into_iter().enumerate() {
-        schema::strip_for_events_api(&mut batch);
-        let bytes = schema::encode_batch(&batch, Dialect::Inbound);
+    for (position, (key, batch)) in batches.into_iter().enumerate() {
+        // Copy only the batches that carry outbound-only fields (those from mParticle's outputs).
+        let stripped;
+        let batch = if has_outbound_fields(batch) {
+            let mut copy = batch.clone();
+            schema::strip_for_events_api(&mut copy);
+            stripped = copy;
+            &stripped
+        } else {
+            batch
+        };
+        let bytes = schema::encode_batch(batch, Dialect::Inbound);
         if bytes.len() <= limits.max_batch_bytes {
             encoded.push((
                 Part {
@@ -77,7 +86,7 @@ pub fn pack<K: Clone>(
             ));
             continue;
         }
-        match split(batch, position, limits.max_batch_bytes) {
+        match split(batch.clone(), position, limits.max_batch_bytes) {
             Ok(parts) => {
                 let of = parts.len();
                 encoded.extend(parts.into_iter().enumerate().map(|(index, bytes)| {
@@ -123,6 +132,17 @@ pub fn pack<K: Clone>(
         requests.push(Request { body, parts });
     }
     (requests, refused)
+}
+
+fn has_outbound_fields(batch: &Batch) -> bool {
+    batch.message_type.is_some()
+        || batch.message_id.is_some()
+        || batch.unique_id.is_some()
+        || batch.system_notifications.is_some()
+        || batch
+            .events
+            .iter()
+            .any(|e| e.message_id.is_some() || e.message_type.is_some())
 }
 
 /// Splits an oversized batch by its events: greedy, in order, each part as full as it can be.
@@ -217,7 +237,7 @@ mod tests {
     fn small_batches_fill_requests_up_to_the_byte_limit() {
         let input: Vec<(usize, Batch)> = batches(1..31).into_iter().enumerate().collect();
         let count = input.len();
-        let (requests, refused) = pack(input, Limits::default());
+        let (requests, refused) = pack(input.iter().map(|(k, b)| (*k, b)), Limits::default());
         assert!(refused.is_empty());
         check(&requests, Limits::default());
         assert_eq!(requests.iter().map(|r| r.parts.len()).sum::<usize>(), count);
@@ -246,7 +266,7 @@ mod tests {
                 )
             })
             .collect();
-        let (requests, _) = pack(tiny, Limits::default());
+        let (requests, _) = pack(tiny.iter().map(|(k, b)| (*k, b)), Limits::default());
         assert_eq!(
             requests.iter().map(|r| r.parts.len()).collect::<Vec<_>>(),
             [100, 100, 50]
@@ -260,7 +280,7 @@ mod tests {
         assert!(
             schema::encode_batch(&original, Dialect::Inbound).len() > 3 * limits::MAX_BATCH_BYTES
         );
-        let (requests, refused) = pack(vec![(7usize, original.clone())], Limits::default());
+        let (requests, refused) = pack([(7usize, &original)], Limits::default());
         assert!(refused.is_empty());
         check(&requests, Limits::default());
         let parts: Vec<Batch> = requests
@@ -322,7 +342,7 @@ mod tests {
         let fine = batches(1..2);
         let mut input = vec![(0usize, fine[0].clone()), (1, huge)];
         input.push((2, fine[1].clone()));
-        let (requests, refused) = pack(input, Limits::default());
+        let (requests, refused) = pack(input.iter().map(|(k, b)| (*k, b)), Limits::default());
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].0, 1);
         assert!(matches!(
@@ -342,7 +362,7 @@ mod tests {
         b.message_type = Some("events".into());
         b.unique_id = Some("u".into());
         b.events[0].message_id = Some("m".into());
-        let (requests, _) = pack(vec![(0usize, b)], Limits::default());
+        let (requests, _) = pack([(0usize, &b)], Limits::default());
         let body = String::from_utf8(requests[0].body.clone()).unwrap();
         assert!(
             !body.contains("\"message_type\"")

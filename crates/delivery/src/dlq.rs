@@ -1,0 +1,232 @@
+//! The dead-letter store: batches a destination refused for good, or that outlived the retry
+//! window, each kept with its destination, the last answer and the attempt count, as one JSON
+//! object in the object store (S3, or the local data directory). `mpconnect dlq` lists, shows
+//! and redrives them.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use prost::Message as _;
+use runtime::{AnyStore, ObjectStore, StoreError};
+use schema::v1::delivery_service_client::DeliveryServiceClient;
+use schema::v1::{DeliverRequest, Outcome, RoutedBatch};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// `<dead_at_ms>-<uuid>`: sorts by time.
+    pub id: String,
+    pub destination: String,
+    pub attempts: u32,
+    pub first_attempt_ms: i64,
+    pub dead_at_ms: i64,
+    /// The destination's last status code, when it gave one.
+    pub status: Option<u16>,
+    /// Its last answer (e.g. mParticle's error body), or why we gave up.
+    pub answer: String,
+    pub batch: RoutedBatch,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("dead letter {key} is unreadable: {why}")]
+    Corrupt { key: String, why: String },
+    #[error("redrive: delivery answered {0}")]
+    Delivery(String),
+}
+
+impl DeadLetter {
+    pub fn new(
+        destination: &str,
+        batch: RoutedBatch,
+        attempts: u32,
+        first_attempt_ms: i64,
+        status: Option<u16>,
+        answer: &str,
+    ) -> Self {
+        let dead_at_ms = runtime::now_ms();
+        DeadLetter {
+            id: format!("{dead_at_ms:013}-{}", uuid::Uuid::new_v4().simple()),
+            destination: destination.to_owned(),
+            attempts,
+            first_attempt_ms,
+            dead_at_ms,
+            status,
+            answer: answer.to_owned(),
+            batch,
+        }
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        let record = json!({
+            "id": self.id,
+            "destination": self.destination,
+            "attempts": self.attempts,
+            "first_attempt_ms": self.first_attempt_ms,
+            "dead_at_ms": self.dead_at_ms,
+            "status": self.status,
+            "answer": self.answer,
+            "key": self.batch.key,
+            "source": self.batch.source,
+            "connection": self.batch.connection,
+            // Exact, whatever the batch holds; `show` prints it as mParticle JSON.
+            "routed_batch": BASE64.encode(self.batch.encode_to_vec()),
+        });
+        record.to_string().into_bytes()
+    }
+
+    fn from_json(key: &str, bytes: &[u8]) -> Result<Self, DlqError> {
+        let corrupt = |why: String| DlqError::Corrupt {
+            key: key.to_owned(),
+            why,
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let text = |name: &str| v[name].as_str().unwrap_or_default().to_owned();
+        let int = |name: &str| v[name].as_i64().unwrap_or_default();
+        let routed = BASE64
+            .decode(v["routed_batch"].as_str().unwrap_or_default())
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok(DeadLetter {
+            id: text("id"),
+            destination: text("destination"),
+            attempts: int("attempts") as u32,
+            first_attempt_ms: int("first_attempt_ms"),
+            dead_at_ms: int("dead_at_ms"),
+            status: v["status"].as_u64().map(|s| s as u16),
+            answer: text("answer"),
+            batch: RoutedBatch::decode(routed.as_slice()).map_err(|e| corrupt(e.to_string()))?,
+        })
+    }
+
+    /// The record for people: the batch as mParticle JSON (outbound dialect) instead of bytes.
+    pub fn to_pretty_json(&self) -> String {
+        let batch: serde_json::Value = self
+            .batch
+            .batch
+            .as_ref()
+            .map(|b| schema::encode_batch(b, schema::Dialect::Outbound))
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let record = json!({
+            "id": self.id,
+            "destination": self.destination,
+            "attempts": self.attempts,
+            "first_attempt_ms": self.first_attempt_ms,
+            "dead_at_ms": self.dead_at_ms,
+            "status": self.status,
+            "answer": self.answer,
+            "key": self.batch.key,
+            "source": self.batch.source,
+            "connection": self.batch.connection,
+            "historical": self.batch.historical,
+            "batch": batch,
+        });
+        serde_json::to_string_pretty(&record).unwrap_or_default()
+    }
+}
+
+/// Dead letters under `prefix` in a store, one folder per destination.
+#[derive(Clone)]
+pub struct DeadLetters {
+    store: AnyStore,
+    prefix: String,
+}
+
+impl DeadLetters {
+    pub fn new(store: AnyStore, prefix: impl Into<String>) -> Self {
+        DeadLetters {
+            store,
+            prefix: prefix.into(),
+        }
+    }
+
+    fn key(&self, destination: &str, id: &str) -> String {
+        format!("{}{destination}/{id}.json", self.prefix)
+    }
+
+    pub async fn put(&self, letter: &DeadLetter) -> Result<(), DlqError> {
+        let key = self.key(&letter.destination, &letter.id);
+        self.store.put(&key, Bytes::from(letter.to_json())).await?;
+        Ok(())
+    }
+
+    /// Every dead letter of `destination`, oldest first.
+    pub async fn list(&self, destination: &str) -> Result<Vec<DeadLetter>, DlqError> {
+        let folder = format!("{}{destination}/", self.prefix);
+        let mut letters = Vec::new();
+        for object in self.store.list(&folder).await? {
+            if !object.key.ends_with(".json") {
+                continue;
+            }
+            match self.store.get_bytes(&object.key).await {
+                Ok(bytes) => letters.push(DeadLetter::from_json(&object.key, &bytes)?),
+                // Redriven by someone else since the listing.
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(letters)
+    }
+
+    pub async fn get(&self, destination: &str, id: &str) -> Result<DeadLetter, DlqError> {
+        let key = self.key(destination, id);
+        let bytes = self.store.get_bytes(&key).await?;
+        DeadLetter::from_json(&key, &bytes)
+    }
+
+    pub async fn delete(&self, destination: &str, id: &str) -> Result<(), DlqError> {
+        self.store.delete(&self.key(destination, id)).await?;
+        Ok(())
+    }
+
+    /// Sends every dead letter of `destination` back through delivery, 100 batches a call, and
+    /// removes each once delivery has answered for it (delivered, parked, or dead-lettered
+    /// anew, which writes a fresh record). Returns the outcome counts.
+    pub async fn redrive(
+        &self,
+        destination: &str,
+        client: &mut DeliveryServiceClient<tonic::transport::Channel>,
+    ) -> Result<RedriveReport, DlqError> {
+        let letters = self.list(destination).await?;
+        let mut report = RedriveReport::default();
+        for chunk in letters.chunks(100) {
+            let batches: Vec<RoutedBatch> = chunk
+                .iter()
+                .map(|letter| {
+                    let mut batch = letter.batch.clone();
+                    // The key comes back with the outcome; the dead letter's id finds it.
+                    batch.key = letter.id.clone();
+                    batch
+                })
+                .collect();
+            let response = client
+                .deliver(DeliverRequest {
+                    destination: destination.to_owned(),
+                    batches,
+                })
+                .await
+                .map_err(|s| DlqError::Delivery(format!("{}: {}", s.code(), s.message())))?
+                .into_inner();
+            for outcome in response.outcomes {
+                match Outcome::try_from(outcome.outcome) {
+                    Ok(Outcome::Delivered) => report.delivered += 1,
+                    Ok(Outcome::Parked) => report.parked += 1,
+                    Ok(Outcome::DeadLettered) => report.dead_lettered_again += 1,
+                    _ => continue,
+                }
+                self.delete(destination, &outcome.key).await?;
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RedriveReport {
+    pub delivered: usize,
+    pub parked: usize,
+    pub dead_lettered_again: usize,
+}

@@ -1,0 +1,9 @@
+//! The file destination: NDJSON (outbound dialect, one batch a line) on local disk, rolled by
+//! size and age. A batch is delivered once it is written and synced; concurrent calls share
+//! one write and one sync (group commit).
+
+pub mod config;
+pub mod sink;
+
+pub use config::FileSettings;
+pub use sink::FileDriver;

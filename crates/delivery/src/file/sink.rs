@@ -1,0 +1,109 @@
+//! The writer thread: takes every waiting write, appends them, syncs once, answers all.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::mpsc;
+use std::time::{Instant, SystemTime};
+
+use schema::v1::RoutedBatch;
+use tokio::sync::oneshot;
+
+use super::config::FileSettings;
+use crate::driver::{Answer, BoxFuture, Driver, answer_each, written};
+use crate::layout;
+
+struct PendingWrite {
+    lines: Vec<u8>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+pub struct FileDriver {
+    writes: mpsc::Sender<PendingWrite>,
+}
+
+impl FileDriver {
+    pub fn new(settings: FileSettings) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&settings.dir)?;
+        let (writes, pending) = mpsc::channel::<PendingWrite>();
+        std::thread::Builder::new()
+            .name("file-destination".into())
+            .spawn(move || write_loop(settings, pending))?;
+        Ok(FileDriver { writes })
+    }
+}
+
+struct Current {
+    file: File,
+    bytes: u64,
+    opened: Instant,
+}
+
+fn write_loop(settings: FileSettings, pending: mpsc::Receiver<PendingWrite>) {
+    let mut current: Option<Current> = None;
+    while let Ok(first) = pending.recv() {
+        let mut group = vec![first];
+        group.extend(pending.try_iter());
+        let result = write_group(&settings, &mut current, &group);
+        if result.is_err() {
+            // Start afresh next time rather than append after a failed write.
+            current = None;
+        }
+        for write in group {
+            let _ = write.done.send(result.clone());
+        }
+    }
+}
+
+fn write_group(
+    settings: &FileSettings,
+    current: &mut Option<Current>,
+    group: &[PendingWrite],
+) -> Result<(), String> {
+    let stale = current
+        .as_ref()
+        .is_some_and(|c| c.bytes >= settings.max_bytes || c.opened.elapsed() >= settings.max_age);
+    if stale || current.is_none() {
+        let path = settings
+            .dir
+            .join(layout::file_name(&settings.app_name, SystemTime::now()));
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        *current = Some(Current {
+            file,
+            bytes: 0,
+            opened: Instant::now(),
+        });
+    }
+    let Some(c) = current.as_mut() else {
+        return Err("no file".into());
+    };
+    for write in group {
+        c.file
+            .write_all(&write.lines)
+            .map_err(|e| format!("cannot write: {e}"))?;
+        c.bytes += write.lines.len() as u64;
+    }
+    c.file.sync_data().map_err(|e| format!("cannot sync: {e}"))
+}
+
+impl Driver for FileDriver {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn send<'a>(
+        &'a self,
+        batches: &'a [RoutedBatch],
+        _deadline: std::time::Instant,
+    ) -> BoxFuture<'a, Vec<Answer>> {
+        Box::pin(async move {
+            let lines = layout::ndjson(batches.iter().filter_map(|b| b.batch.as_ref()));
+            let (done, answer) = oneshot::channel();
+            let queued = self.writes.send(PendingWrite { lines, done }).is_ok();
+            answer_each(batches, written(queued, answer, "file writer").await)
+        })
+    }
+}

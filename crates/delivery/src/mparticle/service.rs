@@ -1,0 +1,208 @@
+//! Sends packed requests and turns mParticle's answers into per-batch [`Answer`]s.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine as _;
+use futures_util::future::join_all;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use schema::v1::{Batch, RoutedBatch};
+
+use super::config::MparticleSettings;
+use super::request_builder::{Request, pack};
+use crate::driver::{Answer, BoxFuture, Driver};
+use crate::http::{self, Credential};
+use crate::limit::Limiter;
+
+pub struct MparticleDriver {
+    destination: String,
+    settings: MparticleSettings,
+    client: reqwest::Client,
+    /// `Basic …`, or why the credentials could not be read.
+    authorization: Credential,
+    bulk_url: String,
+    historical_url: String,
+    limiter: Arc<Limiter>,
+}
+
+impl MparticleDriver {
+    pub fn new(destination: &str, settings: MparticleSettings) -> Result<Self, reqwest::Error> {
+        let base = settings.base_url.trim_end_matches('/');
+        let driver = MparticleDriver {
+            bulk_url: format!("{base}/bulkevents"),
+            historical_url: format!("{base}/bulkevents/historical"),
+            destination: destination.to_owned(),
+            client: http::client(settings.request_timeout, settings.limit.max_concurrency)?,
+            limiter: Limiter::new(destination, settings.limit.clone()),
+            settings,
+            authorization: Credential::new(Err("not loaded".into())),
+        };
+        driver.reload_credentials();
+        Ok(driver)
+    }
+
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    fn load_authorization(&self) -> Result<HeaderValue, String> {
+        let key = self.settings.api_key.load().map_err(|e| e.to_string())?;
+        let secret = self.settings.api_secret.load().map_err(|e| e.to_string())?;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            key.expose(),
+            secret.expose()
+        ));
+        http::sensitive(&format!("Basic {token}"))
+    }
+
+    /// Sends one request; on a 400 for several batches, halves it until the refused batches
+    /// stand alone, so exactly those are dead-lettered.
+    fn post_isolating<'a>(
+        &'a self,
+        url: &'a str,
+        request: Request<usize>,
+        batches: &'a [RoutedBatch],
+        deadline: Instant,
+    ) -> BoxFuture<'a, Vec<(usize, Answer)>> {
+        Box::pin(async move {
+            let traceparent = request
+                .parts
+                .first()
+                .map(|p| batches[p.key].traceparent.as_str())
+                .unwrap_or_default();
+            let answer = self
+                .post(
+                    url,
+                    request.body,
+                    request.parts.len(),
+                    traceparent,
+                    deadline,
+                )
+                .await;
+            let keys: BTreeSet<usize> = request.parts.iter().map(|p| p.key).collect();
+            if !matches!(answer, Answer::Reject { .. }) || keys.len() < 2 {
+                return request
+                    .parts
+                    .iter()
+                    .map(|p| (p.key, answer.clone()))
+                    .collect();
+            }
+            let keys: Vec<usize> = keys.into_iter().collect();
+            let (left, right) = keys.split_at(keys.len() / 2);
+            let mut answers = Vec::new();
+            for half in [left, right] {
+                let (requests, refused) = pack(
+                    half.iter()
+                        .filter_map(|&i| batches[i].batch.as_ref().map(|b| (i, b))),
+                    self.settings.limits,
+                );
+                answers.extend(refused.into_iter().map(|(i, e)| (i, reject(e.to_string()))));
+                for r in requests {
+                    answers.extend(self.post_isolating(url, r, batches, deadline).await);
+                }
+            }
+            answers
+        })
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        batches: usize,
+        traceparent: &str,
+        deadline: Instant,
+    ) -> Answer {
+        let permit = match http::permit(&self.limiter, batches, deadline, "mParticle").await {
+            Ok(permit) => permit,
+            Err(answer) => return answer,
+        };
+        let authorization = match http::current(&self.authorization) {
+            Ok(value) => value,
+            Err(answer) => return answer,
+        };
+        let mut request = self
+            .client
+            .post(url)
+            .headers(
+                authorization
+                    .map(|v| (AUTHORIZATION, v))
+                    .into_iter()
+                    .collect(),
+            )
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if !traceparent.is_empty() {
+            request = request.header("traceparent", traceparent);
+        }
+        http::send(
+            request,
+            permit,
+            &self.limiter,
+            &self.destination,
+            "mParticle",
+        )
+        .await
+    }
+}
+
+fn reject(detail: String) -> Answer {
+    Answer::Reject {
+        detail,
+        status: None,
+    }
+}
+
+impl Driver for MparticleDriver {
+    fn kind(&self) -> &'static str {
+        "mparticle"
+    }
+
+    fn send<'a>(
+        &'a self,
+        batches: &'a [RoutedBatch],
+        deadline: Instant,
+    ) -> BoxFuture<'a, Vec<Answer>> {
+        Box::pin(async move {
+            let mut answers = vec![Answer::Delivered; batches.len()];
+            let mut posts = Vec::new();
+            for (url, wants_historical) in [(&self.bulk_url, false), (&self.historical_url, true)] {
+                let group = batches.iter().enumerate().filter_map(|(i, b)| {
+                    let batch: &Batch = b.batch.as_ref()?;
+                    (b.historical == wants_historical).then_some((i, batch))
+                });
+                let (requests, refused) = pack(group, self.settings.limits);
+                for (i, e) in refused {
+                    answers[i] = reject(e.to_string());
+                }
+                posts.extend(
+                    requests
+                        .into_iter()
+                        .map(|r| self.post_isolating(url, r, batches, deadline)),
+                );
+            }
+            for (i, b) in batches.iter().enumerate() {
+                if b.batch.is_none() {
+                    answers[i] = reject("no batch".into());
+                }
+            }
+            for results in join_all(posts).await {
+                for (i, answer) in results {
+                    let current = std::mem::replace(&mut answers[i], Answer::Delivered);
+                    answers[i] = current.worst(answer);
+                }
+            }
+            answers
+        })
+    }
+
+    fn reload_credentials(&self) {
+        http::store(
+            &self.authorization,
+            self.load_authorization().map(Some),
+            &self.destination,
+        );
+    }
+}

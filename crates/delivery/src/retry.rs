@@ -1,0 +1,138 @@
+//! Retry semantics: exponential backoff with full jitter, the destination's `Retry-After` as a
+//! floor, and a window past which a batch is dead-lettered. Parked batches travel through the
+//! destination's retry queue as `RoutedBatch` protobuf with their history in attributes.
+
+use std::time::Duration;
+
+use prost::Message as _;
+use runtime::queue::attr as queue_attr;
+use runtime::{Message, Received};
+use schema::v1::RoutedBatch;
+
+/// Queue attributes of a parked batch.
+pub mod attr {
+    /// When delivery first tried it (ms since the epoch): the retry window runs from here.
+    pub const FIRST_ATTEMPT_AT: &str = "mp-first-attempt-at";
+    /// Attempts made before it was parked (receives of the retry queue add to it).
+    pub const ATTEMPTS: &str = "mp-attempts";
+    pub const DESTINATION: &str = "mp-destination";
+}
+
+pub const PARKED_CONTENT_TYPE: &str = "application/x-protobuf; type=mpconnect.v1.RoutedBatch";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// The first retry waits up to this long; each further one up to twice as long.
+    pub base: Duration,
+    /// No single wait is longer (SQS caps a delay at 12 hours of visibility).
+    pub cap: Duration,
+    /// Past this since the first attempt, a batch is dead-lettered.
+    pub window: Duration,
+    /// How often a suspended destination (credentials refused) is tried again.
+    pub probe_interval: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(300),
+            window: Duration::from_secs(4 * 3600),
+            probe_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1`: full jitter over the exponential ceiling, never
+    /// shorter than what the destination asked for.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.cap);
+        let jittered = ceiling.mul_f64(rand::random::<f64>());
+        jittered.max(retry_after.unwrap_or_default())
+    }
+
+    /// Whether a batch first tried at `first_attempt_ms` may still be tried at `next_at_ms`.
+    pub fn within_window(&self, first_attempt_ms: i64, next_at_ms: i64) -> bool {
+        next_at_ms.saturating_sub(first_attempt_ms) <= self.window.as_millis() as i64
+    }
+}
+
+/// A parked batch: what the retry queue carries.
+pub fn parked_message(
+    destination: &str,
+    batch: &RoutedBatch,
+    first_attempt_ms: i64,
+    attempts: u32,
+    delay: Duration,
+) -> Message {
+    let mut message = Message::new(batch.encode_to_vec())
+        .with_attribute(queue_attr::CONTENT_TYPE, PARKED_CONTENT_TYPE)
+        .with_attribute(attr::DESTINATION, destination)
+        .with_attribute(attr::FIRST_ATTEMPT_AT, first_attempt_ms.to_string())
+        .with_attribute(attr::ATTEMPTS, attempts.to_string());
+    if !batch.traceparent.is_empty() {
+        message = message.with_attribute(queue_attr::TRACEPARENT, batch.traceparent.clone());
+    }
+    message.delay = delay;
+    message
+}
+
+/// A parked batch as received again, with its history.
+#[derive(Debug)]
+pub struct Parked {
+    pub batch: RoutedBatch,
+    pub first_attempt_ms: i64,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+}
+
+pub fn parked_from(received: &Received) -> Result<Parked, prost::DecodeError> {
+    let batch = RoutedBatch::decode(received.body.as_ref())?;
+    let attribute = |key: &str| received.attributes.get(key).map(String::as_str);
+    let before: u32 = attribute(attr::ATTEMPTS)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Parked {
+        batch,
+        first_attempt_ms: attribute(attr::FIRST_ATTEMPT_AT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(received.sent_at_ms),
+        attempts: before.saturating_add(received.receive_count),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_full_jitter_and_honours_retry_after() {
+        let policy = RetryPolicy::default();
+        for attempt in 1..12 {
+            let ceiling = Duration::from_secs(1 << (attempt - 1)).min(policy.cap);
+            let delays: Vec<Duration> = (0..200).map(|_| policy.delay(attempt, None)).collect();
+            assert!(delays.iter().all(|d| *d <= ceiling));
+            // Full jitter spreads over the whole range, not just near the ceiling.
+            assert!(delays.iter().any(|d| *d < ceiling / 4));
+            assert!(delays.iter().any(|d| *d > ceiling / 2));
+        }
+        for _ in 0..100 {
+            assert!(policy.delay(1, Some(Duration::from_secs(2))) >= Duration::from_secs(2));
+        }
+        assert!(policy.delay(u32::MAX, None) <= policy.cap);
+    }
+
+    #[test]
+    fn the_window_is_measured_from_the_first_attempt() {
+        let policy = RetryPolicy {
+            window: Duration::from_secs(10),
+            ..Default::default()
+        };
+        assert!(policy.within_window(1_000, 11_000));
+        assert!(!policy.within_window(1_000, 11_001));
+    }
+}

@@ -1,0 +1,8 @@
+//! The webhook destination: one outbound-dialect batch per `POST`, as mParticle's Webhook
+//! output sends them, with a configured `Authorization`.
+
+pub mod config;
+pub mod service;
+
+pub use config::WebhookSettings;
+pub use service::WebhookDriver;
