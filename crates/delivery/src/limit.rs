@@ -276,7 +276,7 @@ mod tests {
             Some(202.5),
             "429 cuts the rate by a quarter"
         );
-        for _ in 0..10 {
+        for _ in 0..30 {
             limiter.record(Signal::TooManyRequests);
         }
         assert_eq!(limiter.current(), (1, Some(10.0)), "floors hold");
