@@ -1,0 +1,715 @@
+//! The configuration: one TOML file, every setting overridable by environment variable
+//! (`MPCONNECT__LISTEN__INGEST=0.0.0.0:8080`; entries of `sources`, `destinations` and
+//! `connections` are picked by id: `MPCONNECT__DESTINATIONS__MP__RETRY_QUEUE=…`), and every
+//! secret given inline, as `{ env = "VAR" }`, or as `{ file = "path" }`.
+//!
+//! Unknown keys are errors, and [`Config::problems`] lists every problem at once, each with its
+//! path in the file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use runtime::{Secret, SecretSource};
+use serde::Deserialize;
+
+/// The default config of `mpconnect all`, shipped in the repository and in the binary.
+pub const LOCAL_DEFAULT: &str = include_str!("../../../examples/local.toml");
+
+/// Environment variables that override settings start with this.
+const ENV_PREFIX: &str = "MPCONNECT__";
+
+#[derive(Debug, Deserialize)]
+pub struct Config {
+    /// The embedded queue, local object store, file destinations and generated secrets.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub queues: Queues,
+    #[serde(default)]
+    pub store: Store,
+    #[serde(default)]
+    pub aws: Aws,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub destinations: Vec<DestinationConfig>,
+    #[serde(default)]
+    pub connections: Vec<ConnectionConfig>,
+    #[serde(default)]
+    pub transform: TransformConfig,
+    #[serde(default)]
+    pub telemetry: Telemetry,
+    #[serde(default)]
+    pub shutdown: Shutdown,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("mpconnect-data")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Listen {
+    /// The Events API, webhook, health and metrics of ingest.
+    #[serde(default = "default_ingest_addr")]
+    pub ingest: String,
+    /// Delivery's gRPC server (the transform dials it).
+    #[serde(default = "default_delivery_addr")]
+    pub delivery: String,
+    /// Health and metrics of the transform and of delivery (one port each when separate; in
+    /// `all`, ingest's port serves them).
+    #[serde(default = "default_transform_admin")]
+    pub transform_admin: String,
+    #[serde(default = "default_delivery_admin")]
+    pub delivery_admin: String,
+}
+
+fn default_ingest_addr() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_delivery_addr() -> String {
+    "127.0.0.1:50051".into()
+}
+fn default_transform_admin() -> String {
+    "127.0.0.1:9091".into()
+}
+fn default_delivery_admin() -> String {
+    "127.0.0.1:9092".into()
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            ingest: default_ingest_addr(),
+            delivery: default_delivery_addr(),
+            transform_admin: default_transform_admin(),
+            delivery_admin: default_delivery_admin(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Queues {
+    /// `embedded` (SQLite in the data directory) or `sqs`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// The ingest queue: a name (embedded) or an SQS URL or name.
+    #[serde(default = "default_ingest_queue")]
+    pub ingest: String,
+    /// Where refused input goes.
+    #[serde(default = "default_ingest_dlq")]
+    pub ingest_dead_letter: String,
+    /// SQS: dead-letter a message after this many receives.
+    #[serde(default = "default_max_receives")]
+    pub max_receives: u32,
+    /// SQS: the largest message (256 KiB on LocalStack; SQS takes 1 MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Answer 429 past this backlog on the ingest queue.
+    pub max_backlog: Option<u64>,
+}
+
+fn default_backend() -> String {
+    "embedded".into()
+}
+fn default_ingest_queue() -> String {
+    "ingest".into()
+}
+fn default_ingest_dlq() -> String {
+    "ingest-dead-letter".into()
+}
+fn default_max_receives() -> u32 {
+    10
+}
+fn default_max_message_bytes() -> usize {
+    256 * 1024
+}
+
+impl Default for Queues {
+    fn default() -> Self {
+        Queues {
+            backend: default_backend(),
+            ingest: default_ingest_queue(),
+            ingest_dead_letter: default_ingest_dlq(),
+            max_receives: default_max_receives(),
+            max_message_bytes: default_max_message_bytes(),
+            max_backlog: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Store {
+    /// `local` (the data directory) or `s3`: claim checks and dead letters.
+    #[serde(default)]
+    pub backend: Option<String>,
+    pub bucket: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Aws {
+    pub region: Option<String>,
+    /// LocalStack or moto; implies path-style S3 addressing.
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SourceConfig {
+    pub id: String,
+    /// `http` (Events API and webhook) or `s3` (mParticle's S3 output, via notifications).
+    pub kind: String,
+    /// http: the key and secret senders use (HTTP Basic; the webhook's `Authorization`).
+    pub api_key: Option<SecretConfig>,
+    pub api_secret: Option<SecretConfig>,
+    /// s3: the SQS queue receiving the bucket's `ObjectCreated` notifications.
+    pub notification_queue: Option<String>,
+    /// s3: objects read at once.
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DestinationConfig {
+    pub id: String,
+    /// `mparticle`, `s3`, `webhook` or `file`.
+    pub kind: String,
+    /// mparticle: `us1`, `us2`, `eu1`, `au1`, or `base_url` instead.
+    pub pod: Option<String>,
+    /// mparticle: the Events API up to `/v2`; webhook: the URL to POST to.
+    pub base_url: Option<String>,
+    pub url: Option<String>,
+    pub api_key: Option<SecretConfig>,
+    pub api_secret: Option<SecretConfig>,
+    /// webhook: sent verbatim as `Authorization`.
+    pub authorization: Option<SecretConfig>,
+    /// mparticle: batches per second (mParticle's default is 270).
+    pub rate_limit: Option<f64>,
+    pub max_concurrency: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    /// s3: the bucket, an optional folder, date folders, gzip.
+    pub bucket: Option<String>,
+    pub folder: Option<String>,
+    pub date_folders: Option<bool>,
+    pub gzip: Option<bool>,
+    /// s3 and file: the `<App>` of file names, and when files roll.
+    pub app_name: Option<String>,
+    pub max_file_bytes: Option<u64>,
+    pub max_file_age_ms: Option<u64>,
+    /// file: the directory (relative to the data directory).
+    pub path: Option<PathBuf>,
+    /// The retry queue (an SQS URL or name; embedded: a name). Default `retry-<id>`.
+    pub retry_queue: Option<String>,
+    /// Past this since the first attempt a batch is dead-lettered (default 4 hours).
+    pub retry_window_secs: Option<u64>,
+    pub probe_interval_ms: Option<u64>,
+    pub attempt_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConnectionConfig {
+    pub id: String,
+    pub source: String,
+    pub destinations: Vec<String>,
+    #[serde(default)]
+    pub rules: RulesConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RulesConfig {
+    #[serde(default)]
+    pub allow_event_types: Vec<String>,
+    #[serde(default)]
+    pub deny_event_types: Vec<String>,
+    #[serde(default)]
+    pub allow_event_names: Vec<String>,
+    #[serde(default)]
+    pub deny_event_names: Vec<String>,
+    #[serde(default)]
+    pub rename_attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub drop_attributes: Vec<String>,
+    #[serde(default)]
+    pub rename_user_attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub drop_user_attributes: Vec<String>,
+    #[serde(default)]
+    pub hash_identities: bool,
+    pub set_environment: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TransformConfig {
+    /// Where delivery listens: `host:port`; every address the name resolves to is used
+    /// (a headless Service in Kubernetes).
+    #[serde(default = "default_delivery_addr")]
+    pub delivery_endpoint: String,
+    #[serde(default = "default_pollers")]
+    pub pollers: usize,
+}
+
+fn default_pollers() -> usize {
+    4
+}
+
+impl Default for TransformConfig {
+    fn default() -> Self {
+        TransformConfig {
+            delivery_endpoint: default_delivery_addr(),
+            pollers: default_pollers(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Telemetry {
+    /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
+    pub log_format: Option<String>,
+    /// e.g. `info`, or `mpconnect=debug,info`. `RUST_LOG` wins.
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Shutdown {
+    /// Every stage drains within this, in order: ingest, transform, delivery.
+    #[serde(default = "default_grace")]
+    pub grace_period_secs: u64,
+}
+
+fn default_grace() -> u64 {
+    30
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            grace_period_secs: default_grace(),
+        }
+    }
+}
+
+/// A secret: inline, `{ env = "VAR" }`, `{ file = "path" }`, or `{ file = "path", generate =
+/// true }` (created with a fresh random value if missing: the embedded default's credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretConfig {
+    Value(String),
+    Env(String),
+    File { path: PathBuf, generate: bool },
+}
+
+impl<'de> Deserialize<'de> for SecretConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            env: Option<String>,
+            file: Option<PathBuf>,
+            #[serde(default)]
+            generate: bool,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Value(String),
+            Table(Table),
+        }
+        match Either::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "a secret is a string, { env = \"VAR\" }, or { file = \"path\" }",
+            )
+        })? {
+            Either::Value(v) => Ok(SecretConfig::Value(v)),
+            Either::Table(Table {
+                env: Some(env),
+                file: None,
+                generate: false,
+            }) => Ok(SecretConfig::Env(env)),
+            Either::Table(Table {
+                env: None,
+                file: Some(path),
+                generate,
+            }) => Ok(SecretConfig::File { path, generate }),
+            Either::Table(_) => Err(serde::de::Error::custom(
+                "a secret takes exactly one of env or file",
+            )),
+        }
+    }
+}
+
+impl SecretConfig {
+    /// The source to read it from; relative files are under the data directory.
+    pub fn source(&self, data_dir: &Path) -> SecretSource {
+        match self {
+            SecretConfig::Value(v) => SecretSource::Value(Secret::new(v.clone())),
+            SecretConfig::Env(name) => SecretSource::Env(name.clone()),
+            SecretConfig::File { path, .. } => SecretSource::File(data_dir.join(path)),
+        }
+    }
+
+    /// Creates a generated secret's file if it is missing.
+    pub fn ensure(&self, data_dir: &Path, length: usize) -> std::io::Result<()> {
+        let SecretConfig::File {
+            path,
+            generate: true,
+        } = self
+        else {
+            return Ok(());
+        };
+        let path = data_dir.join(path);
+        if path.exists() {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        std::io::Write::write_all(&mut options.open(&path)?, random_token(length).as_bytes())
+    }
+}
+
+/// A random token of `length` characters from [A-Za-z0-9].
+pub fn random_token(length: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..length)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{0}")]
+    Parse(String),
+}
+
+/// Parses `text` with the environment's overrides; unknown keys come back as problems (with
+/// their paths) rather than errors, so `validate` can list them with the rest.
+pub fn parse(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    let mut problems = Vec::new();
+    for (name, value) in env {
+        if let Some(path) = name.strip_prefix(ENV_PREFIX) {
+            if let Err(why) = set(&mut table, path, &value) {
+                problems.push(format!("{name}: {why}"));
+            }
+        }
+    }
+    let mut unknown = Vec::new();
+    let config: Config = serde_ignored::deserialize(toml::Value::Table(table), |path| {
+        unknown.push(path.to_string())
+    })
+    .map_err(|e| ConfigError::Parse(e.to_string()))?;
+    problems.extend(unknown.into_iter().map(|p| format!("{p}: unknown key")));
+    Ok((config, problems))
+}
+
+pub fn load(path: Option<&Path>) -> Result<(Config, Vec<String>), ConfigError> {
+    let text = match path {
+        Some(path) => std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?,
+        None => LOCAL_DEFAULT.to_owned(),
+    };
+    parse(&text, std::env::vars())
+}
+
+/// Applies `MPCONNECT__A__B=value` to the table: path segments lowercased; in an array of
+/// tables a segment names the entry by its `id` (`-` and `_` alike).
+fn set(table: &mut toml::Table, path: &str, raw: &str) -> Result<(), String> {
+    let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    if segments.iter().any(String::is_empty) {
+        return Err("an empty path segment".into());
+    }
+    // A TOML literal (number, boolean, array) when it is one; otherwise the text.
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let mut current = table;
+    let (last, parents) = segments.split_last().expect("at least one segment");
+    let mut i = 0;
+    while i < parents.len() {
+        let key = &parents[i];
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => {
+                i += 1;
+                let Some(id) = parents.get(i).or(if i == parents.len() { Some(last) } else { None })
+                else {
+                    return Err(format!("{key} needs an entry id"));
+                };
+                let same = |s: &str| s.replace('-', "_").eq_ignore_ascii_case(&id.replace('-', "_"));
+                let found = items.iter_mut().find_map(|item| match item {
+                    toml::Value::Table(t) if t.get("id").and_then(|v| v.as_str()).is_some_and(same) => Some(t),
+                    _ => None,
+                });
+                match found {
+                    Some(t) => t,
+                    None => return Err(format!("no entry of {key} has id {id}")),
+                }
+            }
+            _ => return Err(format!("{key} is not a table")),
+        };
+        i += 1;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+impl Config {
+    pub fn source(&self, id: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.id == id)
+    }
+
+    /// Every problem, each with its path: references, required settings per kind, secrets
+    /// that cannot be read, addresses that do not parse, rules that are wrong.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let check_secret = |at: String, secret: &Option<SecretConfig>, problems: &mut Vec<String>| match secret {
+            None => problems.push(format!("{at}: required")),
+            Some(s @ SecretConfig::File { generate: true, .. }) => {
+                let _ = s;
+            }
+            Some(s) => {
+                if let Err(e) = s.source(&self.data_dir).load() {
+                    problems.push(format!("{at}: {e}"));
+                }
+            }
+        };
+        for (name, addr) in [
+            ("listen.ingest", &self.listen.ingest),
+            ("listen.delivery", &self.listen.delivery),
+            ("listen.transform_admin", &self.listen.transform_admin),
+            ("listen.delivery_admin", &self.listen.delivery_admin),
+        ] {
+            if addr.parse::<SocketAddr>().is_err() {
+                problems.push(format!("{name}: {addr:?} is not an address (ip:port)"));
+            }
+        }
+        if !matches!(self.queues.backend.as_str(), "embedded" | "sqs") {
+            problems.push(format!(
+                "queues.backend: {:?} is neither \"embedded\" nor \"sqs\"",
+                self.queues.backend
+            ));
+        }
+        match self.store.backend.as_deref() {
+            None | Some("local") => {}
+            Some("s3") if self.store.bucket.is_some() => {}
+            Some("s3") => problems.push("store.bucket: required with store.backend = \"s3\"".into()),
+            Some(other) => problems.push(format!("store.backend: {other:?} is neither \"local\" nor \"s3\"")),
+        }
+        if self.queues.backend == "sqs" && self.store.backend.as_deref() != Some("s3") {
+            problems.push("store.backend: the SQS queues need an S3 store for claim checks and dead letters".into());
+        }
+        let mut ids = HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let at = format!("sources[{i}]");
+            if s.id.is_empty() || !ids.insert(s.id.clone()) {
+                problems.push(format!("{at}.id: empty or used twice"));
+            }
+            match s.kind.as_str() {
+                "http" => {
+                    check_secret(format!("{at}.api_key"), &s.api_key, &mut problems);
+                    check_secret(format!("{at}.api_secret"), &s.api_secret, &mut problems);
+                }
+                "s3" => {
+                    if s.notification_queue.is_none() {
+                        problems.push(format!("{at}.notification_queue: required for an s3 source"));
+                    }
+                }
+                other => problems.push(format!("{at}.kind: {other:?} is neither \"http\" nor \"s3\"")),
+            }
+        }
+        let mut destination_ids = HashSet::new();
+        for (i, d) in self.destinations.iter().enumerate() {
+            let at = format!("destinations[{i}]");
+            if d.id.is_empty() || d.id.contains(['/', ',']) || !destination_ids.insert(d.id.clone()) {
+                problems.push(format!("{at}.id: empty, used twice, or contains '/' or ','"));
+            }
+            match d.kind.as_str() {
+                "mparticle" => {
+                    match (&d.pod, &d.base_url) {
+                        (Some(pod), None) => {
+                            if delivery::mparticle::Pod::parse(pod).is_none() {
+                                problems.push(format!("{at}.pod: {pod:?} is not one of us1, us2, eu1, au1"));
+                            }
+                        }
+                        (None, Some(_)) => {}
+                        _ => problems.push(format!("{at}: give exactly one of pod or base_url")),
+                    }
+                    check_secret(format!("{at}.api_key"), &d.api_key, &mut problems);
+                    check_secret(format!("{at}.api_secret"), &d.api_secret, &mut problems);
+                }
+                "webhook" => {
+                    if d.url.is_none() {
+                        problems.push(format!("{at}.url: required for a webhook"));
+                    }
+                    if d.authorization.is_some() {
+                        check_secret(format!("{at}.authorization"), &d.authorization, &mut problems);
+                    }
+                }
+                "s3" => {
+                    if d.bucket.is_none() {
+                        problems.push(format!("{at}.bucket: required for an s3 destination"));
+                    }
+                }
+                "file" => {}
+                other => problems.push(format!(
+                    "{at}.kind: {other:?} is not one of mparticle, s3, webhook, file"
+                )),
+            }
+        }
+        for (i, c) in self.connections.iter().enumerate() {
+            let at = format!("connections[{i}]");
+            if self.source(&c.source).is_none() {
+                problems.push(format!("{at}.source: no source {:?}", c.source));
+            }
+            if c.destinations.is_empty() {
+                problems.push(format!("{at}.destinations: none"));
+            }
+            for (j, d) in c.destinations.iter().enumerate() {
+                if !self.destinations.iter().any(|x| &x.id == d) {
+                    problems.push(format!("{at}.destinations[{j}]: no destination {d:?}"));
+                }
+            }
+            match c.rules.to_rules() {
+                Ok(rules) => {
+                    if let Err(found) = rules.validate() {
+                        problems.extend(found.into_iter().map(|p| format!("{at}.rules: {p}")));
+                    }
+                }
+                Err(p) => problems.push(format!("{at}.rules.{p}")),
+            }
+        }
+        if let Some(format) = &self.telemetry.log_format {
+            if !matches!(format.as_str(), "auto" | "text" | "json") {
+                problems.push(format!("telemetry.log_format: {format:?} is not auto, text or json"));
+            }
+        }
+        problems
+    }
+}
+
+impl RulesConfig {
+    pub fn to_rules(&self) -> Result<transform::Rules, String> {
+        let set_environment = match &self.set_environment {
+            None => None,
+            Some(name) => Some(
+                schema::json::environment_from_name(name)
+                    .ok_or_else(|| format!("set_environment: {name:?} is not an mParticle environment"))?,
+            ),
+        };
+        Ok(transform::Rules {
+            allow_event_types: self.allow_event_types.clone(),
+            deny_event_types: self.deny_event_types.clone(),
+            allow_event_names: self.allow_event_names.clone(),
+            deny_event_names: self.deny_event_names.clone(),
+            rename_attributes: self.rename_attributes.clone(),
+            drop_attributes: self.drop_attributes.clone(),
+            rename_user_attributes: self.rename_user_attributes.clone(),
+            drop_user_attributes: self.drop_user_attributes.clone(),
+            hash_identities: self.hash_identities,
+            set_environment,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_default_is_valid() {
+        let (config, unknown) = parse(LOCAL_DEFAULT, []).unwrap();
+        assert_eq!(unknown, Vec::<String>::new());
+        assert_eq!(config.problems(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+            colour = "blue"
+            [listen]
+            ingest = "nowhere"
+            [[sources]]
+            id = "web"
+            kind = "http"
+            api_key = "k"
+            api_secret = { env = "MPCONNECT_TEST_SURELY_UNSET" }
+            [[destinations]]
+            id = "mp"
+            kind = "mparticle"
+            pod = "mars1"
+            api_key = "k"
+            api_secret = "s"
+            typo_here = 1
+            [[connections]]
+            id = "c"
+            source = "web"
+            destinations = ["mp", "missing"]
+        "#;
+        let (config, mut problems) = parse(text, []).unwrap();
+        problems.extend(config.problems());
+        for expected in [
+            "colour: unknown key",
+            "destinations.0.typo_here: unknown key",
+            "listen.ingest: \"nowhere\" is not an address",
+            "sources[0].api_secret: environment variable MPCONNECT_TEST_SURELY_UNSET is not set",
+            "destinations[0].pod: \"mars1\" is not one of",
+            "connections[0].destinations[1]: no destination \"missing\"",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "{expected:?} not in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn environment_variables_override_by_path_and_by_id() {
+        let text = r#"
+            [[destinations]]
+            id = "my-mp"
+            kind = "file"
+        "#;
+        let env = [
+            ("MPCONNECT__LISTEN__INGEST".to_owned(), "0.0.0.0:9000".to_owned()),
+            ("MPCONNECT__QUEUES__MAX_RECEIVES".to_owned(), "3".to_owned()),
+            ("MPCONNECT__DESTINATIONS__MY_MP__RETRY_QUEUE".to_owned(), "https://sqs/q".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        let (config, problems) = parse(text, env).unwrap();
+        assert_eq!(problems, Vec::<String>::new());
+        assert_eq!(config.listen.ingest, "0.0.0.0:9000");
+        assert_eq!(config.queues.max_receives, 3);
+        assert_eq!(config.destinations[0].retry_queue.as_deref(), Some("https://sqs/q"));
+        let (_, problems) =
+            parse(text, [("MPCONNECT__DESTINATIONS__NOPE__URL".into(), "x".into())]).unwrap();
+        assert_eq!(problems, ["MPCONNECT__DESTINATIONS__NOPE__URL: no entry of destinations has id nope"]);
+    }
+
+    #[test]
+    fn secrets_take_one_form() {
+        assert!(parse("[[sources]]\nid='a'\nkind='http'\napi_key={env='A', file='b'}", []).is_err());
+        let (c, _) = parse("[[sources]]\nid='a'\nkind='http'\napi_key={file='k', generate=true}", []).unwrap();
+        assert_eq!(
+            c.sources[0].api_key,
+            Some(SecretConfig::File { path: "k".into(), generate: true })
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! Running targets: start the stages a target holds, then on SIGTERM or SIGINT drain them in
+//! order (ingest stops taking requests, transform finishes what it holds, delivery flushes)
+//! within the grace period.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::routing::get;
+use tokio::sync::watch;
+
+use crate::ConfigArgs;
+use crate::config::{self, Config};
+use crate::stages::{self, Shared};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    All,
+    Ingest,
+    Transform,
+    Delivery,
+}
+
+pub fn validate(args: ConfigArgs) -> anyhow::Result<()> {
+    let (config, mut problems) = config::load(args.config.as_deref())?;
+    problems.extend(config.problems());
+    let name = args
+        .config
+        .as_ref()
+        .map_or("the embedded default".to_owned(), |p| p.display().to_string());
+    if problems.is_empty() {
+        println!("{name}: valid");
+        return Ok(());
+    }
+    for problem in &problems {
+        println!("{problem}");
+    }
+    bail!("{name}: {} problem(s)", problems.len())
+}
+
+fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
+    let (config, mut problems) = config::load(args.config.as_deref())?;
+    problems.extend(config.problems());
+    crate::init_logs(Some(&config), args.log_format.as_deref());
+    if !problems.is_empty() {
+        bail!("the configuration has problems:\n  {}", problems.join("\n  "));
+    }
+    Ok(config)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn signalled() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+/// A stop signal for one stage.
+fn stopper() -> (watch::Sender<bool>, impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) {
+    let (tx, rx) = watch::channel(false);
+    let make = move || {
+        let mut rx = rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+    };
+    (tx, make)
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+/// `/healthz`, `/readyz` and `/metrics` for a stage without HTTP of its own.
+fn admin() -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/metrics", get(|| async { runtime::telemetry::render_metrics() }))
+}
+
+pub async fn stage(args: ConfigArgs, target: Target) -> anyhow::Result<()> {
+    let config = load(&args)?;
+    let grace = Duration::from_secs(config.shutdown.grace_period_secs);
+    let listen = (
+        config.listen.ingest.clone(),
+        config.listen.delivery.clone(),
+        config.listen.transform_admin.clone(),
+        config.listen.delivery_admin.clone(),
+    );
+    let endpoint = config.transform.delivery_endpoint.clone();
+    let shared = Shared::new(config).await?;
+    let runs = |t: Target| target == Target::All || target == t;
+
+    // Delivery first, so the transform has somewhere to deliver; ingest last.
+    let (stop_delivery, delivery_stopped) = stopper();
+    let mut delivery_task = None;
+    let mut delivery_addr = None;
+    if runs(Target::Delivery) {
+        let delivery = stages::delivery(&shared).await?;
+        let listener = bind(&listen.1, "delivery (gRPC)").await?;
+        delivery_addr = Some(listener.local_addr()?);
+        tracing::info!(addr = %listener.local_addr()?, "delivery listening (gRPC)");
+        if target == Target::Delivery {
+            let admin = bind(&listen.3, "delivery's health and metrics").await?;
+            tracing::info!(addr = %admin.local_addr()?, "delivery health and metrics");
+            tokio::spawn(delivery::service::serve_admin(
+                delivery.admin_router(),
+                admin,
+                delivery_stopped(),
+            ));
+        }
+        delivery_task = Some(tokio::spawn(delivery.serve(listener, delivery_stopped())));
+    }
+
+    let (stop_transform, transform_stopped) = stopper();
+    let mut transform_task = None;
+    if runs(Target::Transform) {
+        let endpoint = match (target, delivery_addr) {
+            (Target::All, Some(addr)) => addr.to_string(),
+            _ => endpoint,
+        };
+        let transform = stages::transform(&shared, stages::delivery_client(&endpoint)?).await?;
+        tracing::info!(delivery = %endpoint, "transform started");
+        if target == Target::Transform {
+            let admin_listener = bind(&listen.2, "transform's health and metrics").await?;
+            tracing::info!(addr = %admin_listener.local_addr()?, "transform health and metrics");
+            let stopped = transform_stopped();
+            tokio::spawn(async move {
+                axum::serve(admin_listener, admin())
+                    .with_graceful_shutdown(stopped)
+                    .await
+            });
+        }
+        let stopped = transform_stopped();
+        transform_task = Some(tokio::spawn(async move { transform.run(stopped).await }));
+    }
+
+    let (stop_ingest, ingest_stopped) = stopper();
+    let mut ingest_tasks = Vec::new();
+    if runs(Target::Ingest) {
+        let stage = stages::ingest(&shared).await?;
+        let listener = bind(&listen.0, "ingest (HTTP)").await?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "ingest listening (HTTP)");
+        if target == Target::All {
+            print_welcome(&shared, addr);
+        }
+        let http = stage.http.clone();
+        let stopped = ingest_stopped();
+        ingest_tasks.push(tokio::spawn(async move {
+            if let Err(e) = http.serve(listener, stopped).await {
+                tracing::error!(error = %e, "ingest stopped");
+            }
+        }));
+        for source in stage.s3 {
+            let stopped = ingest_stopped();
+            ingest_tasks.push(tokio::spawn(async move { source.run(stopped).await }));
+        }
+    }
+
+    signalled().await;
+    tracing::info!(grace_period_secs = grace.as_secs(), "stopping: draining every stage in order");
+    let drained = tokio::time::timeout(grace, async {
+        let _ = stop_ingest.send(true);
+        for task in ingest_tasks {
+            let _ = task.await;
+        }
+        let _ = stop_transform.send(true);
+        if let Some(task) = transform_task {
+            let _ = task.await;
+        }
+        let _ = stop_delivery.send(true);
+        if let Some(task) = delivery_task {
+            let _ = task.await;
+        }
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("stopped cleanly"),
+        Err(_) => tracing::warn!("the grace period ran out; what was not acknowledged comes back from the queues"),
+    }
+    Ok(())
+}
+
+/// What a user of `mpconnect all` needs: where to send, with what, and where events land.
+fn print_welcome(shared: &Shared, addr: std::net::SocketAddr) {
+    let config = &shared.config;
+    println!("mpconnect all: listening on http://{addr}");
+    println!("  Events API:  POST http://{addr}/v2/events  and  /v2/bulkevents");
+    for source in config.sources.iter().filter(|s| s.kind == "http") {
+        println!("  webhook:     POST http://{addr}/webhook/{}", source.id);
+        let generated = |s: &Option<config::SecretConfig>| {
+            matches!(s, Some(config::SecretConfig::File { generate: true, .. }))
+        };
+        // Only generated local credentials are printed: configured ones stay secret.
+        if generated(&source.api_key) && generated(&source.api_secret) {
+            let read = |s: &Option<config::SecretConfig>| {
+                s.as_ref()
+                    .and_then(|s| s.source(&config.data_dir).load().ok())
+                    .map(|s| s.expose().to_owned())
+                    .unwrap_or_default()
+            };
+            println!(
+                "  source {:<12} API key {}  API secret {}",
+                source.id,
+                read(&source.api_key),
+                read(&source.api_secret)
+            );
+        } else {
+            println!("  source {:<12} (credentials as configured)", source.id);
+        }
+    }
+    for d in &config.destinations {
+        match d.kind.as_str() {
+            "file" => println!(
+                "  destination {:<7} events land in {}",
+                d.id,
+                stages::file_destination_dir(shared, d).display()
+            ),
+            kind => println!("  destination {:<7} ({kind})", d.id),
+        }
+    }
+    println!("  metrics:     http://{addr}/metrics");
+}

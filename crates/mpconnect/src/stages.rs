@@ -1,0 +1,316 @@
+//! Builds each stage from the configuration, and runs them: one per process, or all in one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use delivery::file::{FileDriver, FileSettings};
+use delivery::mparticle::{MparticleDriver, MparticleSettings, Pod};
+use delivery::s3::{S3Driver, S3ExportSettings};
+use delivery::webhook::{WebhookDriver, WebhookSettings};
+use delivery::{DeadLetters, Delivery, Destination, DestinationSettings, Driver};
+use ingest::s3::{S3Source, S3SourceSettings};
+use ingest::{HttpSource, Ingest, IngestSettings};
+use runtime::aws::{AwsSettings, s3_client, sdk_config, sqs_client};
+use runtime::queue::{
+    EmbeddedDb, EmbeddedSync, SqsQueue, SqsSettings, embedded_stage_queue, local_data,
+    sqs_stage_queue,
+};
+use runtime::store::S3Store;
+use runtime::{AnyQueue, AnyStore, StageQueue};
+use transform::{Connection, DeliveryClient, Transform, TransformSettings};
+
+use crate::config::{Config, DestinationConfig, SecretConfig};
+
+/// Where dead letters live in the object store.
+pub const DEAD_LETTER_PREFIX: &str = "dead-letters/";
+
+/// What the stages of one process share: the config, AWS clients, the embedded database and
+/// the object store.
+pub struct Shared {
+    pub config: Config,
+    aws: Option<aws_config::SdkConfig>,
+    db: Option<EmbeddedDb>,
+    pub store: AnyStore,
+}
+
+impl Shared {
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+        for source in &config.sources {
+            for secret in [&source.api_key, &source.api_secret].into_iter().flatten() {
+                secret
+                    .ensure(&config.data_dir, 32)
+                    .context("creating a generated credential")?;
+            }
+        }
+        let needs_aws = config.queues.backend == "sqs"
+            || config.store.backend.as_deref() == Some("s3")
+            || config.sources.iter().any(|s| s.kind == "s3")
+            || config.destinations.iter().any(|d| d.kind == "s3");
+        let aws = if needs_aws {
+            Some(sdk_config(&aws_settings(&config)).await)
+        } else {
+            None
+        };
+        let (db, local_store) = if config.queues.backend == "embedded" {
+            let (db, store) = local_data(&config.data_dir, EmbeddedSync::Normal)?;
+            (Some(db), store)
+        } else {
+            let store = AnyStore::Local(runtime::store::LocalStore::new(config.data_dir.join("objects")));
+            (None, store)
+        };
+        let store = match (config.store.backend.as_deref(), &aws, &config.store.bucket) {
+            (Some("s3"), Some(aws), Some(bucket)) => {
+                AnyStore::S3(S3Store::new(s3_client(aws, &aws_settings(&config)), bucket.clone()))
+            }
+            _ => local_store,
+        };
+        Ok(Shared { config, aws, db, store })
+    }
+
+    fn aws(&self) -> anyhow::Result<&aws_config::SdkConfig> {
+        self.aws.as_ref().context("AWS is not configured")
+    }
+
+    pub fn s3(&self) -> anyhow::Result<aws_sdk_s3::Client> {
+        Ok(s3_client(self.aws()?, &aws_settings(&self.config)))
+    }
+
+    /// A stage queue by name (embedded) or SQS URL/name, with an optional dead-letter queue.
+    pub async fn queue(&self, name: &str, dead_letter: Option<&str>) -> anyhow::Result<StageQueue> {
+        match &self.db {
+            Some(db) => Ok(embedded_stage_queue(db, name, &self.store)),
+            None => {
+                let mut settings = SqsSettings::new(name);
+                settings.max_message_bytes = self.config.queues.max_message_bytes;
+                settings.dead_letter =
+                    dead_letter.map(|d| (self.config.queues.max_receives, d.to_owned()));
+                let queue = SqsQueue::connect(sqs_client(self.aws()?), settings)
+                    .await
+                    .with_context(|| format!("connecting to the SQS queue {name}"))?;
+                Ok(sqs_stage_queue(queue, &self.store))
+            }
+        }
+    }
+
+    async fn ingest_queues(&self) -> anyhow::Result<(StageQueue, StageQueue)> {
+        let q = &self.config.queues;
+        let dead_letter = self.queue(&q.ingest_dead_letter, None).await?;
+        let queue = self.queue(&q.ingest, Some(&q.ingest_dead_letter)).await?;
+        Ok((queue, dead_letter))
+    }
+
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters::new(self.store.clone(), DEAD_LETTER_PREFIX)
+    }
+
+    pub fn retry_queue_name(destination: &DestinationConfig) -> String {
+        destination
+            .retry_queue
+            .clone()
+            .unwrap_or_else(|| format!("retry-{}", destination.id))
+    }
+}
+
+fn aws_settings(config: &Config) -> AwsSettings {
+    AwsSettings {
+        region: config.aws.region.clone(),
+        endpoint_url: config.aws.endpoint_url.clone(),
+        force_path_style: config.aws.endpoint_url.is_some(),
+    }
+}
+
+fn secret(shared: &Shared, value: &Option<SecretConfig>, what: &str) -> anyhow::Result<runtime::SecretSource> {
+    Ok(value
+        .as_ref()
+        .with_context(|| format!("{what} is required"))?
+        .source(&shared.config.data_dir))
+}
+
+/// The ingest stage: the HTTP sources behind one router, and one reader per S3 source.
+pub struct IngestStage {
+    pub http: Ingest,
+    pub s3: Vec<S3Source>,
+}
+
+pub async fn ingest(shared: &Shared) -> anyhow::Result<IngestStage> {
+    let (queue, dead_letter) = shared.ingest_queues().await?;
+    let mut settings = IngestSettings {
+        max_backlog: shared.config.queues.max_backlog,
+        ..IngestSettings::default()
+    };
+    let mut s3 = Vec::new();
+    for source in &shared.config.sources {
+        match source.kind.as_str() {
+            "http" => settings.sources.push(HttpSource {
+                id: source.id.clone(),
+                api_key: secret(shared, &source.api_key, "api_key")?.load()?,
+                api_secret: secret(shared, &source.api_secret, "api_secret")?.load()?,
+            }),
+            "s3" => {
+                let notifications = source
+                    .notification_queue
+                    .as_deref()
+                    .context("notification_queue is required")?;
+                let sqs = SqsQueue::connect(sqs_client(shared.aws()?), SqsSettings::new(notifications)).await?;
+                let settings = S3SourceSettings {
+                    source_id: source.id.clone(),
+                    concurrency: source.concurrency.unwrap_or(4),
+                    ..S3SourceSettings::default()
+                };
+                s3.push(S3Source::new(
+                    settings,
+                    shared.s3()?,
+                    AnyQueue::Sqs(sqs),
+                    queue.clone(),
+                    Some(dead_letter.clone()),
+                ));
+            }
+            other => bail!("unknown source kind {other}"),
+        }
+    }
+    Ok(IngestStage {
+        http: Ingest::new(settings, queue, Some(dead_letter)),
+        s3,
+    })
+}
+
+pub async fn transform(shared: &Shared, client: DeliveryClient) -> anyhow::Result<Transform> {
+    let (queue, dead_letter) = shared.ingest_queues().await?;
+    let mut connections = Vec::new();
+    for c in &shared.config.connections {
+        connections.push(Connection {
+            id: c.id.clone(),
+            source: c.source.clone(),
+            destinations: c.destinations.clone(),
+            rules: c.rules.to_rules().map_err(anyhow::Error::msg)?,
+        });
+    }
+    let settings = TransformSettings {
+        connections,
+        pollers: shared.config.transform.pollers.max(1),
+        ..TransformSettings::default()
+    };
+    Transform::new(settings, queue, Some(dead_letter), client)
+        .map_err(|problems| anyhow::anyhow!("the transform's settings: {}", problems.join("; ")))
+}
+
+/// The transform's client for delivery at `host:port`, re-resolved every few seconds.
+pub fn delivery_client(endpoint: &str) -> anyhow::Result<DeliveryClient> {
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+        .with_context(|| format!("the delivery endpoint {endpoint:?} is not host:port"))?;
+    Ok(DeliveryClient::balanced(
+        transform::client::dns(host, port),
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    ))
+}
+
+fn millis(value: Option<u64>) -> Option<Duration> {
+    value.map(Duration::from_millis)
+}
+
+fn driver(shared: &Shared, d: &DestinationConfig) -> anyhow::Result<Arc<dyn Driver>> {
+    let data_dir = &shared.config.data_dir;
+    Ok(match d.kind.as_str() {
+        "mparticle" => {
+            let base = match (&d.pod, &d.base_url) {
+                (Some(pod), _) => Pod::parse(pod).context("unknown pod")?.base_url().to_owned(),
+                (None, Some(url)) => url.clone(),
+                (None, None) => bail!("pod or base_url is required"),
+            };
+            let mut settings = MparticleSettings::new(
+                base,
+                secret(shared, &d.api_key, "api_key")?,
+                secret(shared, &d.api_secret, "api_secret")?,
+            );
+            if let Some(rate) = d.rate_limit {
+                settings.limit.rate = (rate > 0.0).then_some(rate);
+            }
+            if let Some(max) = d.max_concurrency {
+                settings.limit.max_concurrency = max.max(1);
+            }
+            if let Some(timeout) = millis(d.request_timeout_ms) {
+                settings.request_timeout = timeout;
+            }
+            Arc::new(MparticleDriver::new(&d.id, settings)?)
+        }
+        "webhook" => {
+            let mut settings = WebhookSettings::new(d.url.clone().context("url is required")?);
+            settings.authorization = d.authorization.as_ref().map(|a| a.source(data_dir));
+            if let Some(max) = d.max_concurrency {
+                settings.limit.max_concurrency = max.max(1);
+            }
+            if let Some(timeout) = millis(d.request_timeout_ms) {
+                settings.request_timeout = timeout;
+            }
+            Arc::new(WebhookDriver::new(&d.id, settings)?)
+        }
+        "s3" => {
+            let bucket = d.bucket.clone().context("bucket is required")?;
+            let store = AnyStore::S3(S3Store::new(shared.s3()?, bucket));
+            let mut settings = S3ExportSettings {
+                folder: d.folder.clone(),
+                date_folders: d.date_folders.unwrap_or(false),
+                gzip: d.gzip.unwrap_or(false),
+                ..S3ExportSettings::default()
+            };
+            if let Some(app) = &d.app_name {
+                settings.app_name = app.clone();
+            }
+            if let Some(max) = d.max_file_bytes {
+                settings.max_bytes = max as usize;
+            }
+            if let Some(age) = millis(d.max_file_age_ms) {
+                settings.max_age = age;
+            }
+            Arc::new(S3Driver::new(store, settings))
+        }
+        "file" => {
+            let mut settings = FileSettings::new(file_destination_dir(shared, d));
+            if let Some(app) = &d.app_name {
+                settings.app_name = app.clone();
+            }
+            if let Some(max) = d.max_file_bytes {
+                settings.max_bytes = max;
+            }
+            if let Some(age) = millis(d.max_file_age_ms) {
+                settings.max_age = age;
+            }
+            Arc::new(FileDriver::new(settings)?)
+        }
+        other => bail!("unknown destination kind {other}"),
+    })
+}
+
+pub fn file_destination_dir(shared: &Shared, d: &DestinationConfig) -> PathBuf {
+    shared
+        .config
+        .data_dir
+        .join(d.path.clone().unwrap_or_else(|| PathBuf::from("events")))
+}
+
+pub async fn delivery(shared: &Shared) -> anyhow::Result<Delivery> {
+    let mut destinations = Vec::new();
+    for d in &shared.config.destinations {
+        let mut settings = DestinationSettings::new(&d.id);
+        if let Some(secs) = d.retry_window_secs {
+            settings.retry.window = Duration::from_secs(secs);
+        }
+        if let Some(probe) = millis(d.probe_interval_ms) {
+            settings.retry.probe_interval = probe;
+        }
+        if let Some(timeout) = millis(d.attempt_timeout_ms) {
+            settings.attempt_timeout = timeout;
+        }
+        let driver = driver(shared, d).with_context(|| format!("destination {}", d.id))?;
+        let queue = shared.queue(&Shared::retry_queue_name(d), None).await?;
+        destinations.push(Destination::new(settings, driver, queue, shared.dead_letters()));
+    }
+    Ok(Delivery::new(destinations))
+}
