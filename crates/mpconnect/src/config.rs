@@ -381,7 +381,10 @@ pub fn random_token(length: usize) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {error}")]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{0}")]
     Parse(String),
 }
@@ -397,10 +400,10 @@ pub fn parse(
         .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
     let mut problems = Vec::new();
     for (name, value) in env {
-        if let Some(path) = name.strip_prefix(ENV_PREFIX) {
-            if let Err(why) = set(&mut table, path, &value) {
-                problems.push(format!("{name}: {why}"));
-            }
+        if let Some(path) = name.strip_prefix(ENV_PREFIX)
+            && let Err(why) = set(&mut table, path, &value)
+        {
+            problems.push(format!("{name}: {why}"));
         }
     }
     let mut unknown = Vec::new();
@@ -448,13 +451,23 @@ fn set(table: &mut toml::Table, path: &str, raw: &str) -> Result<(), String> {
             toml::Value::Table(t) => t,
             toml::Value::Array(items) => {
                 i += 1;
-                let Some(id) = parents.get(i).or(if i == parents.len() { Some(last) } else { None })
+                let Some(id) =
+                    parents
+                        .get(i)
+                        .or(if i == parents.len() { Some(last) } else { None })
                 else {
                     return Err(format!("{key} needs an entry id"));
                 };
-                let same = |s: &str| s.replace('-', "_").eq_ignore_ascii_case(&id.replace('-', "_"));
+                let same = |s: &str| {
+                    s.replace('-', "_")
+                        .eq_ignore_ascii_case(&id.replace('-', "_"))
+                };
                 let found = items.iter_mut().find_map(|item| match item {
-                    toml::Value::Table(t) if t.get("id").and_then(|v| v.as_str()).is_some_and(same) => Some(t),
+                    toml::Value::Table(t)
+                        if t.get("id").and_then(|v| v.as_str()).is_some_and(same) =>
+                    {
+                        Some(t)
+                    }
                     _ => None,
                 });
                 match found {
@@ -479,17 +492,18 @@ impl Config {
     /// that cannot be read, addresses that do not parse, rules that are wrong.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let check_secret = |at: String, secret: &Option<SecretConfig>, problems: &mut Vec<String>| match secret {
-            None => problems.push(format!("{at}: required")),
-            Some(s @ SecretConfig::File { generate: true, .. }) => {
-                let _ = s;
-            }
-            Some(s) => {
-                if let Err(e) = s.source(&self.data_dir).load() {
-                    problems.push(format!("{at}: {e}"));
+        let check_secret =
+            |at: String, secret: &Option<SecretConfig>, problems: &mut Vec<String>| match secret {
+                None => problems.push(format!("{at}: required")),
+                Some(s @ SecretConfig::File { generate: true, .. }) => {
+                    let _ = s;
                 }
-            }
-        };
+                Some(s) => {
+                    if let Err(e) = s.source(&self.data_dir).load() {
+                        problems.push(format!("{at}: {e}"));
+                    }
+                }
+            };
         for (name, addr) in [
             ("listen.ingest", &self.listen.ingest),
             ("listen.delivery", &self.listen.delivery),
@@ -509,11 +523,18 @@ impl Config {
         match self.store.backend.as_deref() {
             None | Some("local") => {}
             Some("s3") if self.store.bucket.is_some() => {}
-            Some("s3") => problems.push("store.bucket: required with store.backend = \"s3\"".into()),
-            Some(other) => problems.push(format!("store.backend: {other:?} is neither \"local\" nor \"s3\"")),
+            Some("s3") => {
+                problems.push("store.bucket: required with store.backend = \"s3\"".into())
+            }
+            Some(other) => problems.push(format!(
+                "store.backend: {other:?} is neither \"local\" nor \"s3\""
+            )),
         }
         if self.queues.backend == "sqs" && self.store.backend.as_deref() != Some("s3") {
-            problems.push("store.backend: the SQS queues need an S3 store for claim checks and dead letters".into());
+            problems.push(
+                "store.backend: the SQS queues need an S3 store for claim checks and dead letters"
+                    .into(),
+            );
         }
         let mut ids = HashSet::new();
         for (i, s) in self.sources.iter().enumerate() {
@@ -528,24 +549,33 @@ impl Config {
                 }
                 "s3" => {
                     if s.notification_queue.is_none() {
-                        problems.push(format!("{at}.notification_queue: required for an s3 source"));
+                        problems.push(format!(
+                            "{at}.notification_queue: required for an s3 source"
+                        ));
                     }
                 }
-                other => problems.push(format!("{at}.kind: {other:?} is neither \"http\" nor \"s3\"")),
+                other => problems.push(format!(
+                    "{at}.kind: {other:?} is neither \"http\" nor \"s3\""
+                )),
             }
         }
         let mut destination_ids = HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let at = format!("destinations[{i}]");
-            if d.id.is_empty() || d.id.contains(['/', ',']) || !destination_ids.insert(d.id.clone()) {
-                problems.push(format!("{at}.id: empty, used twice, or contains '/' or ','"));
+            if d.id.is_empty() || d.id.contains(['/', ',']) || !destination_ids.insert(d.id.clone())
+            {
+                problems.push(format!(
+                    "{at}.id: empty, used twice, or contains '/' or ','"
+                ));
             }
             match d.kind.as_str() {
                 "mparticle" => {
                     match (&d.pod, &d.base_url) {
                         (Some(pod), None) => {
                             if delivery::mparticle::Pod::parse(pod).is_none() {
-                                problems.push(format!("{at}.pod: {pod:?} is not one of us1, us2, eu1, au1"));
+                                problems.push(format!(
+                                    "{at}.pod: {pod:?} is not one of us1, us2, eu1, au1"
+                                ));
                             }
                         }
                         (None, Some(_)) => {}
@@ -559,7 +589,11 @@ impl Config {
                         problems.push(format!("{at}.url: required for a webhook"));
                     }
                     if d.authorization.is_some() {
-                        check_secret(format!("{at}.authorization"), &d.authorization, &mut problems);
+                        check_secret(
+                            format!("{at}.authorization"),
+                            &d.authorization,
+                            &mut problems,
+                        );
                     }
                 }
                 "s3" => {
@@ -595,10 +629,12 @@ impl Config {
                 Err(p) => problems.push(format!("{at}.rules.{p}")),
             }
         }
-        if let Some(format) = &self.telemetry.log_format {
-            if !matches!(format.as_str(), "auto" | "text" | "json") {
-                problems.push(format!("telemetry.log_format: {format:?} is not auto, text or json"));
-            }
+        if let Some(format) = &self.telemetry.log_format
+            && !matches!(format.as_str(), "auto" | "text" | "json")
+        {
+            problems.push(format!(
+                "telemetry.log_format: {format:?} is not auto, text or json"
+            ));
         }
         problems
     }
@@ -608,10 +644,9 @@ impl RulesConfig {
     pub fn to_rules(&self) -> Result<transform::Rules, String> {
         let set_environment = match &self.set_environment {
             None => None,
-            Some(name) => Some(
-                schema::json::environment_from_name(name)
-                    .ok_or_else(|| format!("set_environment: {name:?} is not an mParticle environment"))?,
-            ),
+            Some(name) => Some(schema::json::environment_from_name(name).ok_or_else(|| {
+                format!("set_environment: {name:?} is not an mParticle environment")
+            })?),
         };
         Ok(transform::Rules {
             allow_event_types: self.allow_event_types.clone(),
@@ -688,28 +723,56 @@ mod tests {
             kind = "file"
         "#;
         let env = [
-            ("MPCONNECT__LISTEN__INGEST".to_owned(), "0.0.0.0:9000".to_owned()),
+            (
+                "MPCONNECT__LISTEN__INGEST".to_owned(),
+                "0.0.0.0:9000".to_owned(),
+            ),
             ("MPCONNECT__QUEUES__MAX_RECEIVES".to_owned(), "3".to_owned()),
-            ("MPCONNECT__DESTINATIONS__MY_MP__RETRY_QUEUE".to_owned(), "https://sqs/q".to_owned()),
+            (
+                "MPCONNECT__DESTINATIONS__MY_MP__RETRY_QUEUE".to_owned(),
+                "https://sqs/q".to_owned(),
+            ),
             ("OTHER".to_owned(), "x".to_owned()),
         ];
         let (config, problems) = parse(text, env).unwrap();
         assert_eq!(problems, Vec::<String>::new());
         assert_eq!(config.listen.ingest, "0.0.0.0:9000");
         assert_eq!(config.queues.max_receives, 3);
-        assert_eq!(config.destinations[0].retry_queue.as_deref(), Some("https://sqs/q"));
-        let (_, problems) =
-            parse(text, [("MPCONNECT__DESTINATIONS__NOPE__URL".into(), "x".into())]).unwrap();
-        assert_eq!(problems, ["MPCONNECT__DESTINATIONS__NOPE__URL: no entry of destinations has id nope"]);
+        assert_eq!(
+            config.destinations[0].retry_queue.as_deref(),
+            Some("https://sqs/q")
+        );
+        let (_, problems) = parse(
+            text,
+            [("MPCONNECT__DESTINATIONS__NOPE__URL".into(), "x".into())],
+        )
+        .unwrap();
+        assert_eq!(
+            problems,
+            ["MPCONNECT__DESTINATIONS__NOPE__URL: no entry of destinations has id nope"]
+        );
     }
 
     #[test]
     fn secrets_take_one_form() {
-        assert!(parse("[[sources]]\nid='a'\nkind='http'\napi_key={env='A', file='b'}", []).is_err());
-        let (c, _) = parse("[[sources]]\nid='a'\nkind='http'\napi_key={file='k', generate=true}", []).unwrap();
+        assert!(
+            parse(
+                "[[sources]]\nid='a'\nkind='http'\napi_key={env='A', file='b'}",
+                []
+            )
+            .is_err()
+        );
+        let (c, _) = parse(
+            "[[sources]]\nid='a'\nkind='http'\napi_key={file='k', generate=true}",
+            [],
+        )
+        .unwrap();
         assert_eq!(
             c.sources[0].api_key,
-            Some(SecretConfig::File { path: "k".into(), generate: true })
+            Some(SecretConfig::File {
+                path: "k".into(),
+                generate: true
+            })
         );
     }
 }

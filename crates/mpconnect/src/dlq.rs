@@ -41,7 +41,10 @@ pub enum Command {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (config, problems) = crate::config::load(args.config.config.as_deref())?;
     if !problems.is_empty() {
-        anyhow::bail!("the configuration has problems:\n  {}", problems.join("\n  "));
+        anyhow::bail!(
+            "the configuration has problems:\n  {}",
+            problems.join("\n  ")
+        );
     }
     let endpoint = config.transform.delivery_endpoint.clone();
     let shared = Shared::new(config).await?;
@@ -68,7 +71,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             delivery,
         } => {
             let addr = delivery.unwrap_or(endpoint);
-            let url = if addr.starts_with("http") { addr } else { format!("http://{addr}") };
+            let url = if addr.starts_with("http") {
+                addr
+            } else {
+                format!("http://{addr}")
+            };
             let mut client = DeliveryServiceClient::connect(url.clone())
                 .await
                 .with_context(|| format!("connecting to delivery at {url}"))?

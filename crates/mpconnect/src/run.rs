@@ -26,7 +26,9 @@ pub fn validate(args: ConfigArgs) -> anyhow::Result<()> {
     let name = args
         .config
         .as_ref()
-        .map_or("the embedded default".to_owned(), |p| p.display().to_string());
+        .map_or("the embedded default".to_owned(), |p| {
+            p.display().to_string()
+        });
     if problems.is_empty() {
         println!("{name}: valid");
         return Ok(());
@@ -42,7 +44,10 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     problems.extend(config.problems());
     crate::init_logs(Some(&config), args.log_format.as_deref());
     if !problems.is_empty() {
-        bail!("the configuration has problems:\n  {}", problems.join("\n  "));
+        bail!(
+            "the configuration has problems:\n  {}",
+            problems.join("\n  ")
+        );
     }
     Ok(config)
 }
@@ -64,7 +69,10 @@ async fn signalled() {
 }
 
 /// A stop signal for one stage.
-fn stopper() -> (watch::Sender<bool>, impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) {
+fn stopper() -> (
+    watch::Sender<bool>,
+    impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+) {
     let (tx, rx) = watch::channel(false);
     let make = move || {
         let mut rx = rx.clone();
@@ -86,7 +94,10 @@ fn admin() -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
-        .route("/metrics", get(|| async { runtime::telemetry::render_metrics() }))
+        .route(
+            "/metrics",
+            get(|| async { runtime::telemetry::render_metrics() }),
+        )
 }
 
 pub async fn stage(args: ConfigArgs, target: Target) -> anyhow::Result<()> {
@@ -170,7 +181,10 @@ pub async fn stage(args: ConfigArgs, target: Target) -> anyhow::Result<()> {
     }
 
     signalled().await;
-    tracing::info!(grace_period_secs = grace.as_secs(), "stopping: draining every stage in order");
+    tracing::info!(
+        grace_period_secs = grace.as_secs(),
+        "stopping: draining every stage in order"
+    );
     let drained = tokio::time::timeout(grace, async {
         let _ = stop_ingest.send(true);
         for task in ingest_tasks {
@@ -188,7 +202,9 @@ pub async fn stage(args: ConfigArgs, target: Target) -> anyhow::Result<()> {
     .await;
     match drained {
         Ok(()) => tracing::info!("stopped cleanly"),
-        Err(_) => tracing::warn!("the grace period ran out; what was not acknowledged comes back from the queues"),
+        Err(_) => tracing::warn!(
+            "the grace period ran out; what was not acknowledged comes back from the queues"
+        ),
     }
     Ok(())
 }

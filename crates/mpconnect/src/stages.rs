@@ -37,8 +37,9 @@ pub struct Shared {
 
 impl Shared {
     pub async fn new(config: Config) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
         for source in &config.sources {
             for secret in [&source.api_key, &source.api_secret].into_iter().flatten() {
                 secret
@@ -59,16 +60,24 @@ impl Shared {
             let (db, store) = local_data(&config.data_dir, EmbeddedSync::Normal)?;
             (Some(db), store)
         } else {
-            let store = AnyStore::Local(runtime::store::LocalStore::new(config.data_dir.join("objects")));
+            let store = AnyStore::Local(runtime::store::LocalStore::new(
+                config.data_dir.join("objects"),
+            ));
             (None, store)
         };
         let store = match (config.store.backend.as_deref(), &aws, &config.store.bucket) {
-            (Some("s3"), Some(aws), Some(bucket)) => {
-                AnyStore::S3(S3Store::new(s3_client(aws, &aws_settings(&config)), bucket.clone()))
-            }
+            (Some("s3"), Some(aws), Some(bucket)) => AnyStore::S3(S3Store::new(
+                s3_client(aws, &aws_settings(&config)),
+                bucket.clone(),
+            )),
             _ => local_store,
         };
-        Ok(Shared { config, aws, db, store })
+        Ok(Shared {
+            config,
+            aws,
+            db,
+            store,
+        })
     }
 
     fn aws(&self) -> anyhow::Result<&aws_config::SdkConfig> {
@@ -123,7 +132,11 @@ fn aws_settings(config: &Config) -> AwsSettings {
     }
 }
 
-fn secret(shared: &Shared, value: &Option<SecretConfig>, what: &str) -> anyhow::Result<runtime::SecretSource> {
+fn secret(
+    shared: &Shared,
+    value: &Option<SecretConfig>,
+    what: &str,
+) -> anyhow::Result<runtime::SecretSource> {
     Ok(value
         .as_ref()
         .with_context(|| format!("{what} is required"))?
@@ -155,7 +168,9 @@ pub async fn ingest(shared: &Shared) -> anyhow::Result<IngestStage> {
                     .notification_queue
                     .as_deref()
                     .context("notification_queue is required")?;
-                let sqs = SqsQueue::connect(sqs_client(shared.aws()?), SqsSettings::new(notifications)).await?;
+                let sqs =
+                    SqsQueue::connect(sqs_client(shared.aws()?), SqsSettings::new(notifications))
+                        .await?;
                 let settings = S3SourceSettings {
                     source_id: source.id.clone(),
                     concurrency: source.concurrency.unwrap_or(4),
@@ -220,7 +235,10 @@ fn driver(shared: &Shared, d: &DestinationConfig) -> anyhow::Result<Arc<dyn Driv
     Ok(match d.kind.as_str() {
         "mparticle" => {
             let base = match (&d.pod, &d.base_url) {
-                (Some(pod), _) => Pod::parse(pod).context("unknown pod")?.base_url().to_owned(),
+                (Some(pod), _) => Pod::parse(pod)
+                    .context("unknown pod")?
+                    .base_url()
+                    .to_owned(),
                 (None, Some(url)) => url.clone(),
                 (None, None) => bail!("pod or base_url is required"),
             };
@@ -310,7 +328,12 @@ pub async fn delivery(shared: &Shared) -> anyhow::Result<Delivery> {
         }
         let driver = driver(shared, d).with_context(|| format!("destination {}", d.id))?;
         let queue = shared.queue(&Shared::retry_queue_name(d), None).await?;
-        destinations.push(Destination::new(settings, driver, queue, shared.dead_letters()));
+        destinations.push(Destination::new(
+            settings,
+            driver,
+            queue,
+            shared.dead_letters(),
+        ));
     }
     Ok(Delivery::new(destinations))
 }

@@ -8,6 +8,7 @@ pub mod write;
 
 pub(crate) use batch::{BatchSeed, BatchesSeed, write_batch};
 pub use batch::{
-    EVENT_TYPES, environment_from_name, environment_name, event_type_name, kind_field_names, kind_for,
+    EVENT_TYPES, environment_from_name, environment_name, event_type_name, kind_field_names,
+    kind_for,
 };
 pub use read::Fields;
