@@ -83,6 +83,22 @@ struct Settled {
     dead: Vec<(usize, Answer)>,
 }
 
+impl Settled {
+    /// Refused for good, and past the retry window.
+    fn dead_lettered(&self) -> Vec<(usize, &Answer)> {
+        let expired = self
+            .retry
+            .iter()
+            .filter(|(_, delay, _)| delay.is_none())
+            .map(|(i, _, a)| (*i, a));
+        self.dead
+            .iter()
+            .map(|(i, a)| (*i, a))
+            .chain(expired)
+            .collect()
+    }
+}
+
 impl Destination {
     pub fn new(
         settings: DestinationSettings,
@@ -176,17 +192,7 @@ impl Destination {
                 outcomes.push(outcome(&batches[*i], Outcome::Parked, answer.detail()));
             }
         }
-        let expired = settled
-            .retry
-            .iter()
-            .filter(|(_, d, _)| d.is_none())
-            .map(|(i, _, a)| (*i, a));
-        let dead: Vec<(usize, &Answer)> = settled
-            .dead
-            .iter()
-            .map(|(i, a)| (*i, a))
-            .chain(expired)
-            .collect();
+        let dead = settled.dead_lettered();
         let letters: Vec<DeadLetter> = dead
             .iter()
             .map(|(i, answer)| {
@@ -488,17 +494,7 @@ impl Destination {
         });
         let mut done: Vec<Receipt> = unreadable;
         done.extend(settled.delivered.iter().map(|&i| parked[i].0.clone()));
-        let expired = settled
-            .retry
-            .iter()
-            .filter(|(_, d, _)| d.is_none())
-            .map(|(i, _, a)| (*i, a));
-        let dead: Vec<(usize, &Answer)> = settled
-            .dead
-            .iter()
-            .map(|(i, a)| (*i, a))
-            .chain(expired)
-            .collect();
+        let dead = settled.dead_lettered();
         let letters: Vec<DeadLetter> = dead
             .iter()
             .map(|(i, answer)| {

@@ -59,7 +59,8 @@ impl DeadLetter {
         }
     }
 
-    fn to_json(&self) -> Vec<u8> {
+    /// The record's fields, without the batch.
+    fn record(&self) -> serde_json::Map<String, serde_json::Value> {
         let record = json!({
             "id": self.id,
             "destination": self.destination,
@@ -71,10 +72,22 @@ impl DeadLetter {
             "key": self.batch.key,
             "source": self.batch.source,
             "connection": self.batch.connection,
-            // Exact, whatever the batch holds; `show` prints it as mParticle JSON.
-            "routed_batch": BASE64.encode(self.batch.encode_to_vec()),
+            "historical": self.batch.historical,
         });
-        record.to_string().into_bytes()
+        match record {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        }
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        let mut record = self.record();
+        // Exact, whatever the batch holds; `show` prints it as mParticle JSON.
+        record.insert(
+            "routed_batch".into(),
+            BASE64.encode(self.batch.encode_to_vec()).into(),
+        );
+        serde_json::Value::Object(record).to_string().into_bytes()
     }
 
     fn from_json(key: &str, bytes: &[u8]) -> Result<Self, DlqError> {
@@ -110,20 +123,8 @@ impl DeadLetter {
             .map(|b| schema::encode_batch(b, schema::Dialect::Outbound))
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or(serde_json::Value::Null);
-        let record = json!({
-            "id": self.id,
-            "destination": self.destination,
-            "attempts": self.attempts,
-            "first_attempt_ms": self.first_attempt_ms,
-            "dead_at_ms": self.dead_at_ms,
-            "status": self.status,
-            "answer": self.answer,
-            "key": self.batch.key,
-            "source": self.batch.source,
-            "connection": self.batch.connection,
-            "historical": self.batch.historical,
-            "batch": batch,
-        });
+        let mut record = self.record();
+        record.insert("batch".into(), batch);
         serde_json::to_string_pretty(&record).unwrap_or_default()
     }
 }
