@@ -59,34 +59,45 @@ fn write_group(
     current: &mut Option<Current>,
     group: &[PendingWrite],
 ) -> Result<(), String> {
-    let stale = current
-        .as_ref()
-        .is_some_and(|c| c.bytes >= settings.max_bytes || c.opened.elapsed() >= settings.max_age);
-    if stale || current.is_none() {
-        let path = settings
-            .dir
-            .join(layout::file_name(&settings.app_name, SystemTime::now()));
-        let file = File::options()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        *current = Some(Current {
-            file,
-            bytes: 0,
-            opened: Instant::now(),
-        });
-    }
-    let Some(c) = current.as_mut() else {
-        return Err("no file".into());
-    };
     for write in group {
+        // Roll between writes, so a large group still makes files of the configured size.
+        let full = current.as_ref().is_some_and(|c| {
+            c.bytes >= settings.max_bytes || c.opened.elapsed() >= settings.max_age
+        });
+        if full && let Some(done) = current.take() {
+            done.file
+                .sync_data()
+                .map_err(|e| format!("cannot sync: {e}"))?;
+        }
+        let c = match current {
+            Some(c) => c,
+            None => current.insert(open(settings)?),
+        };
         c.file
             .write_all(&write.lines)
             .map_err(|e| format!("cannot write: {e}"))?;
         c.bytes += write.lines.len() as u64;
     }
-    c.file.sync_data().map_err(|e| format!("cannot sync: {e}"))
+    match current {
+        Some(c) => c.file.sync_data().map_err(|e| format!("cannot sync: {e}")),
+        None => Ok(()),
+    }
+}
+
+fn open(settings: &FileSettings) -> Result<Current, String> {
+    let path = settings
+        .dir
+        .join(layout::file_name(&settings.app_name, SystemTime::now()));
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    Ok(Current {
+        file,
+        bytes: 0,
+        opened: Instant::now(),
+    })
 }
 
 impl Driver for FileDriver {
