@@ -41,6 +41,14 @@ impl Answer {
         }
     }
 
+    /// Refused by us, before any destination saw it (no status).
+    pub fn reject(detail: impl Into<String>) -> Self {
+        Answer::Reject {
+            detail: detail.into(),
+            status: None,
+        }
+    }
+
     /// How bad: when a batch went out in parts, the worst part's answer is the batch's.
     fn severity(&self) -> u8 {
         match self {
@@ -127,10 +135,7 @@ pub fn answer_each(batches: &[RoutedBatch], answer: Answer) -> Vec<Answer> {
         .iter()
         .map(|b| match b.batch {
             Some(_) => answer.clone(),
-            None => Answer::Reject {
-                detail: "no batch".into(),
-                status: None,
-            },
+            None => Answer::reject("no batch"),
         })
         .collect()
 }

@@ -1,86 +1,147 @@
-//! What the HTTP drivers share: the client, and how an HTTP answer becomes an [`Answer`] and a
-//! signal to the limiter.
+//! What the HTTP drivers share: the client, the limiter and the credential behind one
+//! [`Poster`], and how an HTTP answer becomes an [`Answer`] and a signal to the limiter.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use reqwest::header::HeaderMap;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use crate::driver::{Answer, retry_after, short};
-use crate::limit::{Limiter, Permit, Refused, Signal};
+use crate::limit::{LimitSettings, Limiter, Permit, Refused, Signal};
 
 /// mParticle's share of its rate limit used, on 2xx answers.
 const PERCENT_USED: &str = "x-mp-rate-limit-percentage-used";
 
-pub fn client(timeout: Duration, max_idle: usize) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(max_idle)
-        .tcp_nodelay(true)
-        .user_agent(concat!("mpconnect/", env!("CARGO_PKG_VERSION")))
-        .build()
+/// A credential header, or why it could not be read (the destination is then suspended).
+type Credential = RwLock<Result<Option<HeaderValue>, String>>;
+
+/// One HTTP destination's sending side: the client, its limiter and its credential. Posts
+/// JSON and sorts the answer.
+pub struct Poster {
+    destination: String,
+    /// Who answers, in details ("mParticle", "the webhook").
+    who: &'static str,
+    client: reqwest::Client,
+    limiter: Arc<Limiter>,
+    authorization: Credential,
 }
 
-/// Waits for the limiter until `deadline`; a pause (`Retry-After`) answers at once instead,
-/// so the batch parks.
-pub async fn permit(
-    limiter: &Arc<Limiter>,
-    batches: usize,
-    deadline: Instant,
-    who: &str,
-) -> Result<Permit, Answer> {
-    limiter
-        .acquire(batches, deadline)
-        .await
-        .map_err(|refused| match refused {
-            Refused::Paused { remaining } => Answer::Retry {
-                detail: format!("{who} asked us to wait (Retry-After)"),
-                status: Some(429),
-                after: Some(remaining),
-            },
-            Refused::Late => Answer::retry(format!("no room to send to {who} within the attempt")),
+impl Poster {
+    pub fn new(
+        destination: &str,
+        who: &'static str,
+        timeout: Duration,
+        limit: LimitSettings,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(limit.max_concurrency)
+            .tcp_nodelay(true)
+            .user_agent(concat!("mpconnect/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Poster {
+            destination: destination.to_owned(),
+            who,
+            client,
+            limiter: Limiter::new(destination, limit),
+            authorization: RwLock::new(Err("not loaded".into())),
         })
-}
+    }
 
-/// Sends `request` and sorts the answer: 2xx delivered; 401/403 our credentials; 429 slow
-/// down and honour `Retry-After`; 408 and 5xx, timeouts and connection errors temporary; any
-/// other status a refusal of the data.
-pub async fn send(
-    request: reqwest::RequestBuilder,
-    permit: Permit,
-    limiter: &Limiter,
-    destination: &str,
-    who: &str,
-) -> Answer {
-    let started = Instant::now();
-    let (answer, label) = match request.send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response.bytes().await.unwrap_or_default();
-            let detail = format!("{who} answered {status}: {}", short(&body));
-            (
-                classify(status, &headers, detail, limiter),
-                status.to_string(),
-            )
+    /// Replaces the `Authorization` header (none when `Ok(None)`), saying loudly when the
+    /// credentials cannot be read: sending is then answered `Unauthorized`, which suspends.
+    pub fn set_authorization(&self, loaded: Result<Option<HeaderValue>, String>) {
+        if let Err(why) = &loaded {
+            tracing::error!(destination = %self.destination, %why, "cannot read the destination's credentials");
         }
-        Err(e) => {
-            limiter.record(Signal::Overloaded);
-            let why = if e.is_timeout() {
-                "timeout"
-            } else {
-                "connection"
-            };
-            (Answer::retry(format!("{why}: {e}")), why.to_owned())
+        if let Ok(mut slot) = self.authorization.write() {
+            *slot = loaded;
         }
-    };
-    drop(permit);
-    metrics::counter!("mpconnect_delivery_requests_total", "destination" => destination.to_owned(), "status" => label)
-        .increment(1);
-    metrics::histogram!("mpconnect_delivery_request_seconds", "destination" => destination.to_owned())
-        .record(started.elapsed().as_secs_f64());
-    answer
+    }
+
+    /// POSTs a JSON `body` holding `batches` batches, once the limiter allows it and no later
+    /// than `deadline` (else `Retry`, never sent late); a pause (`Retry-After`) answers at
+    /// once, so the batches park.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        batches: usize,
+        traceparent: &str,
+        deadline: Instant,
+    ) -> Answer {
+        let who = self.who;
+        let permit = match self.limiter.acquire(batches, deadline).await {
+            Ok(permit) => permit,
+            Err(Refused::Paused { remaining }) => {
+                return Answer::Retry {
+                    detail: format!("{who} asked us to wait (Retry-After)"),
+                    status: Some(429),
+                    after: Some(remaining),
+                };
+            }
+            Err(Refused::Late) => {
+                return Answer::retry(format!("no room to send to {who} within the attempt"));
+            }
+        };
+        let authorization = match &*self.authorization.read().expect("credential lock") {
+            Ok(value) => value.clone(),
+            Err(why) => {
+                return Answer::Unauthorized {
+                    detail: format!("credentials unavailable: {why}"),
+                    status: 0,
+                };
+            }
+        };
+        let mut request = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        if !traceparent.is_empty() {
+            request = request.header("traceparent", traceparent);
+        }
+        self.send(request, permit).await
+    }
+
+    /// Sends and sorts the answer: 2xx delivered; 401/403 our credentials; 429 slow down and
+    /// honour `Retry-After`; 408 and 5xx, timeouts and connection errors temporary; any other
+    /// status a refusal of the data.
+    async fn send(&self, request: reqwest::RequestBuilder, permit: Permit) -> Answer {
+        let limiter = &self.limiter;
+        let started = Instant::now();
+        let (answer, label) = match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let body = response.bytes().await.unwrap_or_default();
+                let detail = format!("{} answered {status}: {}", self.who, short(&body));
+                (
+                    classify(status, &headers, detail, limiter),
+                    status.to_string(),
+                )
+            }
+            Err(e) => {
+                limiter.record(Signal::Overloaded);
+                let why = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "connection"
+                };
+                (Answer::retry(format!("{why}: {e}")), why.to_owned())
+            }
+        };
+        drop(permit);
+        metrics::counter!("mpconnect_delivery_requests_total", "destination" => self.destination.clone(), "status" => label)
+            .increment(1);
+        metrics::histogram!("mpconnect_delivery_request_seconds", "destination" => self.destination.clone())
+            .record(started.elapsed().as_secs_f64());
+        answer
+    }
 }
 
 fn classify(status: u16, headers: &HeaderMap, detail: String, limiter: &Limiter) -> Answer {
@@ -121,38 +182,10 @@ fn classify(status: u16, headers: &HeaderMap, detail: String, limiter: &Limiter)
     }
 }
 
-/// A credential header, or why it could not be read (the destination is then suspended).
-pub type Credential = std::sync::RwLock<Result<Option<reqwest::header::HeaderValue>, String>>;
-
-/// The current credential header; `Err` is answered as `Unauthorized` (suspends).
-pub fn current(credential: &Credential) -> Result<Option<reqwest::header::HeaderValue>, Answer> {
-    match &*credential.read().expect("credential lock") {
-        Ok(value) => Ok(value.clone()),
-        Err(why) => Err(Answer::Unauthorized {
-            detail: format!("credentials unavailable: {why}"),
-            status: 0,
-        }),
-    }
-}
-
-/// Replaces the credential, saying loudly when it cannot be read.
-pub fn store(
-    credential: &Credential,
-    loaded: Result<Option<reqwest::header::HeaderValue>, String>,
-    destination: &str,
-) {
-    if let Err(why) = &loaded {
-        tracing::error!(destination, %why, "cannot read the destination's credentials");
-    }
-    if let Ok(mut slot) = credential.write() {
-        *slot = loaded;
-    }
-}
-
 /// A header value that is never printed.
-pub fn sensitive(value: &str) -> Result<reqwest::header::HeaderValue, String> {
-    let mut value = reqwest::header::HeaderValue::from_str(value)
-        .map_err(|_| "not a valid header value".to_owned())?;
+pub fn sensitive(value: &str) -> Result<HeaderValue, String> {
+    let mut value =
+        HeaderValue::from_str(value).map_err(|_| "not a valid header value".to_owned())?;
     value.set_sensitive(true);
     Ok(value)
 }

@@ -1,29 +1,24 @@
 //! Sends packed requests and turns mParticle's answers into per-batch [`Answer`]s.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
 use futures_util::future::join_all;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::HeaderValue;
 use schema::v1::{Batch, RoutedBatch};
 
 use super::config::MparticleSettings;
 use super::request_builder::{Request, pack};
 use crate::driver::{Answer, BoxFuture, Driver};
-use crate::http::{self, Credential};
-use crate::limit::Limiter;
+use crate::http::{self, Poster};
 
 pub struct MparticleDriver {
-    destination: String,
     settings: MparticleSettings,
-    client: reqwest::Client,
-    /// `Basic …`, or why the credentials could not be read.
-    authorization: Credential,
+    /// Sends with `Authorization: Basic …`.
+    poster: Poster,
     bulk_url: String,
     historical_url: String,
-    limiter: Arc<Limiter>,
 }
 
 impl MparticleDriver {
@@ -32,18 +27,16 @@ impl MparticleDriver {
         let driver = MparticleDriver {
             bulk_url: format!("{base}/bulkevents"),
             historical_url: format!("{base}/bulkevents/historical"),
-            destination: destination.to_owned(),
-            client: http::client(settings.request_timeout, settings.limit.max_concurrency)?,
-            limiter: Limiter::new(destination, settings.limit.clone()),
+            poster: Poster::new(
+                destination,
+                "mParticle",
+                settings.request_timeout,
+                settings.limit.clone(),
+            )?,
             settings,
-            authorization: Credential::new(Err("not loaded".into())),
         };
         driver.reload_credentials();
         Ok(driver)
-    }
-
-    pub fn limiter(&self) -> &Arc<Limiter> {
-        &self.limiter
     }
 
     fn load_authorization(&self) -> Result<HeaderValue, String> {
@@ -73,7 +66,8 @@ impl MparticleDriver {
                 .map(|p| batches[p.key].traceparent.as_str())
                 .unwrap_or_default();
             let answer = self
-                .post(
+                .poster
+                .post_json(
                     url,
                     request.body,
                     request.parts.len(),
@@ -98,60 +92,17 @@ impl MparticleDriver {
                         .filter_map(|&i| batches[i].batch.as_ref().map(|b| (i, b))),
                     self.settings.limits,
                 );
-                answers.extend(refused.into_iter().map(|(i, e)| (i, reject(e.to_string()))));
+                answers.extend(
+                    refused
+                        .into_iter()
+                        .map(|(i, e)| (i, Answer::reject(e.to_string()))),
+                );
                 for r in requests {
                     answers.extend(self.post_isolating(url, r, batches, deadline).await);
                 }
             }
             answers
         })
-    }
-
-    async fn post(
-        &self,
-        url: &str,
-        body: Vec<u8>,
-        batches: usize,
-        traceparent: &str,
-        deadline: Instant,
-    ) -> Answer {
-        let permit = match http::permit(&self.limiter, batches, deadline, "mParticle").await {
-            Ok(permit) => permit,
-            Err(answer) => return answer,
-        };
-        let authorization = match http::current(&self.authorization) {
-            Ok(value) => value,
-            Err(answer) => return answer,
-        };
-        let mut request = self
-            .client
-            .post(url)
-            .headers(
-                authorization
-                    .map(|v| (AUTHORIZATION, v))
-                    .into_iter()
-                    .collect(),
-            )
-            .header(CONTENT_TYPE, "application/json")
-            .body(body);
-        if !traceparent.is_empty() {
-            request = request.header("traceparent", traceparent);
-        }
-        http::send(
-            request,
-            permit,
-            &self.limiter,
-            &self.destination,
-            "mParticle",
-        )
-        .await
-    }
-}
-
-fn reject(detail: String) -> Answer {
-    Answer::Reject {
-        detail,
-        status: None,
     }
 }
 
@@ -175,7 +126,7 @@ impl Driver for MparticleDriver {
                 });
                 let (requests, refused) = pack(group, self.settings.limits);
                 for (i, e) in refused {
-                    answers[i] = reject(e.to_string());
+                    answers[i] = Answer::reject(e.to_string());
                 }
                 posts.extend(
                     requests
@@ -185,7 +136,7 @@ impl Driver for MparticleDriver {
             }
             for (i, b) in batches.iter().enumerate() {
                 if b.batch.is_none() {
-                    answers[i] = reject("no batch".into());
+                    answers[i] = Answer::reject("no batch");
                 }
             }
             for results in join_all(posts).await {
@@ -199,10 +150,7 @@ impl Driver for MparticleDriver {
     }
 
     fn reload_credentials(&self) {
-        http::store(
-            &self.authorization,
-            self.load_authorization().map(Some),
-            &self.destination,
-        );
+        self.poster
+            .set_authorization(self.load_authorization().map(Some));
     }
 }
