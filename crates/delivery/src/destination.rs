@@ -125,10 +125,6 @@ impl Destination {
         &self.settings.id
     }
 
-    pub fn kind(&self) -> &'static str {
-        self.driver.kind()
-    }
-
     pub fn retry_queue(&self) -> &StageQueue {
         &self.retry_queue
     }
@@ -165,7 +161,8 @@ impl Destination {
                 vec![Answer::retry(format!("parked: {because}")); batches.len()]
             }
         };
-        let settled = self.settle(&answers, |_| (1, now_ms));
+        let history = |_| (1, now_ms);
+        let settled = self.settle(&answers, history);
         let mut outcomes: Vec<BatchOutcome> = Vec::with_capacity(batches.len());
         let outcome = |batch: &RoutedBatch, outcome: Outcome, detail: &str| BatchOutcome {
             key: batch.key.clone(),
@@ -193,20 +190,7 @@ impl Destination {
             }
         }
         let dead = settled.dead_lettered();
-        let letters: Vec<DeadLetter> = dead
-            .iter()
-            .map(|(i, answer)| {
-                DeadLetter::new(
-                    self.id(),
-                    batches[*i].clone(),
-                    1,
-                    now_ms,
-                    answer.status(),
-                    answer.detail(),
-                )
-            })
-            .collect();
-        self.dead_letter(&letters).await?;
+        self.dead_letter(&dead, &batches, history).await?;
         for (i, answer) in &dead {
             outcomes.push(outcome(
                 &batches[*i],
@@ -274,6 +258,7 @@ impl Destination {
             if !was_suspended {
                 tracing::error!(
                     destination = self.id(),
+                    kind = self.driver.kind(),
                     status = answer.status(),
                     "the destination refused our credentials: sending to it is suspended and its \
                      batches are kept in its retry queue; fix the credentials (they are re-read \
@@ -336,11 +321,31 @@ impl Destination {
         settled
     }
 
-    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), DlqError> {
+    /// Keeps the `dead` batches as dead letters, with their history and last answer.
+    async fn dead_letter(
+        &self,
+        dead: &[(usize, &Answer)],
+        batches: &[RoutedBatch],
+        history: impl Fn(usize) -> (u32, i64),
+    ) -> Result<(), DlqError> {
+        let letters: Vec<DeadLetter> = dead
+            .iter()
+            .map(|&(i, answer)| {
+                let (attempts, first_attempt_ms) = history(i);
+                DeadLetter::new(
+                    self.id(),
+                    batches[i].clone(),
+                    attempts,
+                    first_attempt_ms,
+                    answer.status(),
+                    answer.detail(),
+                )
+            })
+            .collect();
         for result in join_all(letters.iter().map(|l| self.dead_letters.put(l))).await {
             result?;
         }
-        for letter in letters {
+        for letter in &letters {
             tracing::warn!(
                 destination = self.id(),
                 dead_letter = %letter.id,
@@ -399,16 +404,9 @@ impl Destination {
                     if *shutdown.borrow() {
                         break;
                     }
-                    let pause = match me.state() {
-                        DestinationState::Suspended { .. } => None,
-                        DestinationState::BackingOff { for_ms, .. } => {
-                            Some(Duration::from_millis(for_ms))
-                        }
-                        DestinationState::Healthy => None,
-                    };
-                    if let Some(pause) = pause {
+                    if let DestinationState::BackingOff { for_ms, .. } = me.state() {
                         tokio::select! {
-                            _ = tokio::time::sleep(pause) => {}
+                            _ = tokio::time::sleep(Duration::from_millis(for_ms)) => {}
                             _ = shutdown.changed() => break,
                         }
                     }
@@ -474,46 +472,37 @@ impl Destination {
         if suspended {
             self.driver.reload_credentials();
         }
-        let mut parked = Vec::with_capacity(received.len());
+        // Side by side, so the batches go to the driver as they are, uncopied.
+        let mut receipts = Vec::with_capacity(received.len());
+        let mut histories = Vec::with_capacity(received.len());
+        let mut batches = Vec::with_capacity(received.len());
         let mut unreadable = Vec::new();
         for message in &received {
             match retry::parked_from(message) {
-                Ok(p) => parked.push((message.receipt.clone(), p)),
+                Ok(p) => {
+                    receipts.push(message.receipt.clone());
+                    histories.push((p.attempts, p.first_attempt_ms));
+                    batches.push(p.batch);
+                }
                 Err(e) => {
                     tracing::error!(destination = self.id(), message_id = %message.message_id, error = %e, "unreadable parked batch dropped");
                     unreadable.push(message.receipt.clone());
                 }
             }
         }
-        let batches: Vec<RoutedBatch> = parked.iter().map(|(_, p)| p.batch.clone()).collect();
         let answers = self.attempt(&batches).await;
         metrics::counter!("mpconnect_delivery_retries_total", "destination" => self.id().to_owned())
             .increment(batches.len() as u64);
-        let settled = self.settle(&answers, |i| {
-            (parked[i].1.attempts, parked[i].1.first_attempt_ms)
-        });
+        let history = |i: usize| histories[i];
+        let settled = self.settle(&answers, history);
         let mut done: Vec<Receipt> = unreadable;
-        done.extend(settled.delivered.iter().map(|&i| parked[i].0.clone()));
+        done.extend(settled.delivered.iter().map(|&i| receipts[i].clone()));
         let dead = settled.dead_lettered();
-        let letters: Vec<DeadLetter> = dead
-            .iter()
-            .map(|(i, answer)| {
-                let p = &parked[*i].1;
-                DeadLetter::new(
-                    self.id(),
-                    p.batch.clone(),
-                    p.attempts,
-                    p.first_attempt_ms,
-                    answer.status(),
-                    answer.detail(),
-                )
-            })
-            .collect();
-        self.dead_letter(&letters).await?;
-        done.extend(dead.iter().map(|(i, _)| parked[*i].0.clone()));
+        self.dead_letter(&dead, &batches, history).await?;
+        done.extend(dead.iter().map(|(i, _)| receipts[*i].clone()));
         for (i, delay, _) in &settled.retry {
             if let Some(delay) = delay
-                && let Err(e) = self.retry_queue.nack(&parked[*i].0, *delay).await
+                && let Err(e) = self.retry_queue.nack(&receipts[*i], *delay).await
             {
                 // It comes back after its visibility timeout instead.
                 tracing::warn!(destination = self.id(), error = %e, "cannot reschedule a parked batch");
