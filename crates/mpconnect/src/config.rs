@@ -50,7 +50,7 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("mpconnect-data")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Listen {
     /// The Events API, webhook, health and metrics of ingest.
     #[serde(default = "default_ingest_addr")]
@@ -439,24 +439,18 @@ fn set(table: &mut toml::Table, path: &str, raw: &str) -> Result<(), String> {
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
-    let mut current = table;
     let (last, parents) = segments.split_last().expect("at least one segment");
-    let mut i = 0;
-    while i < parents.len() {
-        let key = &parents[i];
+    let mut parents = parents.iter();
+    let mut current = table;
+    while let Some(key) = parents.next() {
         let entry = current
             .entry(key.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         current = match entry {
             toml::Value::Table(t) => t,
             toml::Value::Array(items) => {
-                i += 1;
-                let Some(id) =
-                    parents
-                        .get(i)
-                        .or(if i == parents.len() { Some(last) } else { None })
-                else {
-                    return Err(format!("{key} needs an entry id"));
+                let Some(id) = parents.next() else {
+                    return Err(format!("{key} needs an entry id, then a key"));
                 };
                 let same = |s: &str| {
                     s.replace('-', "_")
@@ -477,7 +471,6 @@ fn set(table: &mut toml::Table, path: &str, raw: &str) -> Result<(), String> {
             }
             _ => return Err(format!("{key} is not a table")),
         };
-        i += 1;
     }
     current.insert(last.clone(), value);
     Ok(())
@@ -495,9 +488,8 @@ impl Config {
         let check_secret =
             |at: String, secret: &Option<SecretConfig>, problems: &mut Vec<String>| match secret {
                 None => problems.push(format!("{at}: required")),
-                Some(s @ SecretConfig::File { generate: true, .. }) => {
-                    let _ = s;
-                }
+                // Created at start when missing: nothing to read yet.
+                Some(SecretConfig::File { generate: true, .. }) => {}
                 Some(s) => {
                     if let Err(e) = s.source(&self.data_dir).load() {
                         problems.push(format!("{at}: {e}"));

@@ -103,12 +103,7 @@ fn admin() -> axum::Router {
 pub async fn stage(args: ConfigArgs, target: Target) -> anyhow::Result<()> {
     let config = load(&args)?;
     let grace = Duration::from_secs(config.shutdown.grace_period_secs);
-    let listen = (
-        config.listen.ingest.clone(),
-        config.listen.delivery.clone(),
-        config.listen.transform_admin.clone(),
-        config.listen.delivery_admin.clone(),
-    );
+    let listen = config.listen.clone();
     let endpoint = config.transform.delivery_endpoint.clone();
     let shared = Shared::new(config).await?;
     let runs = |t: Target| target == Target::All || target == t;
@@ -119,11 +114,11 @@ pub async fn stage(args: ConfigArgs, target: Target) -> anyhow::Result<()> {
     let mut delivery_addr = None;
     if runs(Target::Delivery) {
         let delivery = stages::delivery(&shared).await?;
-        let listener = bind(&listen.1, "delivery (gRPC)").await?;
+        let listener = bind(&listen.delivery, "delivery (gRPC)").await?;
         delivery_addr = Some(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, "delivery listening (gRPC)");
         if target == Target::Delivery {
-            let admin = bind(&listen.3, "delivery's health and metrics").await?;
+            let admin = bind(&listen.delivery_admin, "delivery's health and metrics").await?;
             tracing::info!(addr = %admin.local_addr()?, "delivery health and metrics");
             tokio::spawn(delivery::service::serve_admin(
                 delivery.admin_router(),
@@ -144,7 +139,8 @@ pub async fn stage(args: ConfigArgs, target: Target) -> anyhow::Result<()> {
         let transform = stages::transform(&shared, stages::delivery_client(&endpoint)?).await?;
         tracing::info!(delivery = %endpoint, "transform started");
         if target == Target::Transform {
-            let admin_listener = bind(&listen.2, "transform's health and metrics").await?;
+            let admin_listener =
+                bind(&listen.transform_admin, "transform's health and metrics").await?;
             tracing::info!(addr = %admin_listener.local_addr()?, "transform health and metrics");
             let stopped = transform_stopped();
             tokio::spawn(async move {
@@ -161,7 +157,7 @@ pub async fn stage(args: ConfigArgs, target: Target) -> anyhow::Result<()> {
     let mut ingest_tasks = Vec::new();
     if runs(Target::Ingest) {
         let stage = stages::ingest(&shared).await?;
-        let listener = bind(&listen.0, "ingest (HTTP)").await?;
+        let listener = bind(&listen.ingest, "ingest (HTTP)").await?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "ingest listening (HTTP)");
         if target == Target::All {
