@@ -6,25 +6,19 @@ use std::sync::mpsc;
 use std::time::{Instant, SystemTime};
 
 use schema::v1::RoutedBatch;
-use tokio::sync::oneshot;
 
 use super::config::FileSettings;
-use crate::driver::{Answer, BoxFuture, Driver, answer_each, written};
+use crate::driver::{Answer, BoxFuture, Driver, PendingLines, write_through};
 use crate::layout;
 
-struct PendingWrite {
-    lines: Vec<u8>,
-    done: oneshot::Sender<Result<(), String>>,
-}
-
 pub struct FileDriver {
-    writes: mpsc::Sender<PendingWrite>,
+    writes: mpsc::Sender<PendingLines>,
 }
 
 impl FileDriver {
     pub fn new(settings: FileSettings) -> std::io::Result<Self> {
         std::fs::create_dir_all(&settings.dir)?;
-        let (writes, pending) = mpsc::channel::<PendingWrite>();
+        let (writes, pending) = mpsc::channel::<PendingLines>();
         std::thread::Builder::new()
             .name("file-destination".into())
             .spawn(move || write_loop(settings, pending))?;
@@ -38,7 +32,7 @@ struct Current {
     opened: Instant,
 }
 
-fn write_loop(settings: FileSettings, pending: mpsc::Receiver<PendingWrite>) {
+fn write_loop(settings: FileSettings, pending: mpsc::Receiver<PendingLines>) {
     let mut current: Option<Current> = None;
     while let Ok(first) = pending.recv() {
         let mut group = vec![first];
@@ -57,7 +51,7 @@ fn write_loop(settings: FileSettings, pending: mpsc::Receiver<PendingWrite>) {
 fn write_group(
     settings: &FileSettings,
     current: &mut Option<Current>,
-    group: &[PendingWrite],
+    group: &[PendingLines],
 ) -> Result<(), String> {
     for write in group {
         // Roll between writes, so a large group still makes files of the configured size.
@@ -110,11 +104,8 @@ impl Driver for FileDriver {
         batches: &'a [RoutedBatch],
         _deadline: std::time::Instant,
     ) -> BoxFuture<'a, Vec<Answer>> {
-        Box::pin(async move {
-            let lines = layout::ndjson(batches.iter().filter_map(|b| b.batch.as_ref()));
-            let (done, answer) = oneshot::channel();
-            let queued = self.writes.send(PendingWrite { lines, done }).is_ok();
-            answer_each(batches, written(queued, answer, "file writer").await)
-        })
+        Box::pin(write_through(batches, "file writer", |pending| {
+            self.writes.send(pending).is_ok()
+        }))
     }
 }

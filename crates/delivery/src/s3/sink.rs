@@ -10,16 +10,11 @@ use schema::v1::RoutedBatch;
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::S3ExportSettings;
-use crate::driver::{Answer, BoxFuture, Driver, answer_each, written};
+use crate::driver::{Answer, BoxFuture, Driver, PendingLines, write_through};
 use crate::layout;
 
-struct Pending {
-    lines: Vec<u8>,
-    done: oneshot::Sender<Result<(), String>>,
-}
-
 enum Command {
-    Write(Pending),
+    Write(PendingLines),
     Flush(oneshot::Sender<()>),
 }
 
@@ -140,15 +135,9 @@ impl Driver for S3Driver {
         batches: &'a [RoutedBatch],
         _deadline: std::time::Instant,
     ) -> BoxFuture<'a, Vec<Answer>> {
-        Box::pin(async move {
-            let lines = layout::ndjson(batches.iter().filter_map(|b| b.batch.as_ref()));
-            let (done, answer) = oneshot::channel();
-            let queued = self
-                .commands
-                .send(Command::Write(Pending { lines, done }))
-                .is_ok();
-            answer_each(batches, written(queued, answer, "S3 writer").await)
-        })
+        Box::pin(write_through(batches, "S3 writer", |pending| {
+            self.commands.send(Command::Write(pending)).is_ok()
+        }))
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {
