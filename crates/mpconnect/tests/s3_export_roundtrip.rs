@@ -7,9 +7,9 @@ use delivery::Driver;
 use delivery::s3::{S3Driver, S3ExportSettings};
 use ingest::s3::{ObjectRef, S3Source, S3SourceSettings};
 use prost::Message as _;
+use runtime::AnyStore;
 use runtime::queue::{EmbeddedSync, embedded_stage_queue, local_data};
 use runtime::store::S3Store;
-use runtime::{AnyStore, Queue, ReceiveOptions};
 use schema::v1::RoutedBatch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,24 +65,12 @@ async fn the_s3_source_reads_back_what_the_s3_destination_wrote() {
             .unwrap();
         assert_eq!(summary.bad_lines, 0);
     }
-    let mut received = Vec::new();
-    loop {
-        let got = queue
-            .receive(ReceiveOptions {
-                max_messages: 10,
-                wait: Duration::from_millis(100),
-                visibility: Duration::from_secs(30),
-            })
+    let mut received: Vec<schema::v1::Batch> =
+        runtime::testing::drain(&queue, Duration::from_millis(100))
             .await
-            .unwrap();
-        if got.is_empty() {
-            break;
-        }
-        received.extend(
-            got.iter()
-                .map(|m| schema::v1::Batch::decode(m.body.as_ref()).unwrap()),
-        );
-    }
+            .iter()
+            .map(|m| schema::v1::Batch::decode(m.body.as_ref()).unwrap())
+            .collect();
     received.sort_by_key(|b| b.source_request_id.clone());
     sent.sort_by_key(|b| b.source_request_id.clone());
     assert_eq!(received.len(), sent.len());

@@ -49,6 +49,28 @@ pub async fn moto_clients() -> (aws_sdk_sqs::Client, aws_sdk_s3::Client) {
     )
 }
 
+/// Everything in `queue` now, acknowledged: receives until a receive that waited `wait` comes
+/// back empty.
+pub async fn drain(queue: &impl crate::Queue, wait: std::time::Duration) -> Vec<crate::Received> {
+    let mut all = Vec::new();
+    loop {
+        let got = queue
+            .receive(crate::ReceiveOptions {
+                max_messages: 10,
+                wait,
+                visibility: std::time::Duration::from_secs(60),
+            })
+            .await
+            .expect("receive");
+        if got.is_empty() {
+            return all;
+        }
+        let receipts: Vec<_> = got.iter().map(|m| m.receipt.clone()).collect();
+        queue.ack(&receipts).await.expect("ack");
+        all.extend(got);
+    }
+}
+
 /// A fresh name, so tests sharing one moto server never meet.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mpconnect_runtime::queue::{EmbeddedDb, EmbeddedSync};
-use mpconnect_runtime::{Message, Queue, ReceiveOptions};
+use mpconnect_runtime::{Message, Queue};
 
 const CHILD_DB: &str = "MPCONNECT_TEST_CHILD_DB";
 const MESSAGES: usize = 1000;
@@ -67,28 +67,12 @@ async fn sent_messages_survive_kill_9() {
         (mpconnect_runtime::now_ms() - oldest).abs() < 60_000,
         "the oldest waits since it was sent"
     );
-    let mut bodies = std::collections::HashSet::new();
-    loop {
-        let got = queue
-            .receive(ReceiveOptions {
-                max_messages: 10,
-                wait: Duration::ZERO,
-                visibility: Duration::from_secs(60),
-            })
+    let bodies: std::collections::HashSet<String> =
+        mpconnect_runtime::testing::drain(&queue, Duration::ZERO)
             .await
-            .unwrap();
-        if got.is_empty() {
-            break;
-        }
-        bodies.extend(
-            got.iter()
-                .map(|m| String::from_utf8(m.body.to_vec()).unwrap()),
-        );
-        queue
-            .ack(&got.iter().map(|m| m.receipt.clone()).collect::<Vec<_>>())
-            .await
-            .unwrap();
-    }
+            .iter()
+            .map(|m| String::from_utf8(m.body.to_vec()).unwrap())
+            .collect();
     assert_eq!(bodies.len(), MESSAGES);
     assert_eq!(
         queue.oldest_sent_at_ms().await.unwrap(),

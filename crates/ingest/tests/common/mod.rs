@@ -8,7 +8,7 @@ use ingest::{HttpSource, Ingest, IngestSettings};
 use mpconnect_ingest as ingest;
 use prost::Message as _;
 use runtime::queue::{EmbeddedDb, EmbeddedSync, embedded_stage_queue, local_data};
-use runtime::{Queue, ReceiveOptions, Received, Secret, StageQueue};
+use runtime::{Received, Secret, StageQueue};
 use tokio::net::TcpListener;
 
 pub const KEY: &str = "key-web";
@@ -113,25 +113,7 @@ pub async fn start_with(
 
 /// Everything in the queue now, acknowledged.
 pub async fn drain(queue: &StageQueue) -> Vec<Received> {
-    let mut all = Vec::new();
-    loop {
-        let got = queue
-            .receive(ReceiveOptions {
-                max_messages: 10,
-                wait: Duration::from_millis(300),
-                visibility: Duration::from_secs(60),
-            })
-            .await
-            .unwrap();
-        if got.is_empty() {
-            return all;
-        }
-        queue
-            .ack(&got.iter().map(|m| m.receipt.clone()).collect::<Vec<_>>())
-            .await
-            .unwrap();
-        all.extend(got);
-    }
+    runtime::testing::drain(queue, Duration::from_millis(300)).await
 }
 
 pub fn decode(received: &[Received]) -> Vec<schema::v1::Batch> {
