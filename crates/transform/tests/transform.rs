@@ -407,8 +407,16 @@ async fn a_redelivered_message_does_not_reach_the_destination_twice() {
 
     let peer = Peer::start().await;
     let (cut, cut_rx) = std::sync::mpsc::channel::<()>();
+    let (was_cut, was_cut_rx) = std::sync::mpsc::channel::<()>();
+    let was_cut_rx = std::sync::Mutex::new(was_cut_rx);
+    // Delivery answers only once the network is down, so the ack surely finds it cut (a
+    // loaded machine could otherwise ack before the cut lands).
     *peer.recorder.on_call.lock().unwrap() = Some(Box::new(move || {
         let _ = cut.send(());
+        let _ = was_cut_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(10));
     }));
     let mut s = settings(vec![connection("c", "web", &["dest"], Rules::default())]);
     s.receive = ReceiveOptions {
@@ -434,6 +442,7 @@ async fn a_redelivered_message_does_not_reach_the_destination_twice() {
             .unwrap()
             .unwrap();
         proxy_for_cut.down().await;
+        let _ = was_cut.send(());
     });
     cutter.await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await; // the ack fails; the visibility runs out
