@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use runtime::telemetry::{self, TraceContext};
 use runtime::{Queue, QueueError, Receipt, ReceiveOptions, StageQueue};
 use schema::v1::{BatchOutcome, Outcome, RoutedBatch};
 
@@ -83,6 +84,38 @@ struct Settled {
     dead: Vec<(usize, Answer)>,
 }
 
+/// How often the retry queue's depth is read (an SQS call per destination).
+const DEPTH_REFRESH: Duration = Duration::from_secs(15);
+
+/// Whether batches are on their first attempt or come from the retry queue.
+#[derive(Clone, Copy)]
+enum Round {
+    First,
+    Retry,
+}
+
+/// Ends each batch's span with where it went and the destination's status.
+fn record_outcomes(spans: &[tracing::Span], settled: &Settled) {
+    if spans.is_empty() {
+        return;
+    }
+    for &i in &settled.delivered {
+        spans[i].record("outcome", "delivered");
+    }
+    for (i, delay, answer) in &settled.retry {
+        spans[*i].record("outcome", if delay.is_some() { "parked" } else { "dead" });
+        if let Some(status) = answer.status() {
+            spans[*i].record("status", i64::from(status));
+        }
+    }
+    for (i, answer) in &settled.dead {
+        spans[*i].record("outcome", "dead");
+        if let Some(status) = answer.status() {
+            spans[*i].record("status", i64::from(status));
+        }
+    }
+}
+
 impl Settled {
     /// Refused for good, and past the retry window.
     fn dead_lettered(&self) -> Vec<(usize, &Answer)> {
@@ -118,6 +151,15 @@ impl Destination {
             }),
         });
         destination.publish_state();
+        // Every series exists from the start, so a dashboard's rate() sees a zero, not a gap.
+        let id = destination.id().to_owned();
+        for outcome in ["delivered", "parked", "dead_lettered"] {
+            metrics::counter!("mpconnect_delivery_batches_total", "destination" => id.clone(), "outcome" => outcome)
+                .increment(0);
+        }
+        metrics::counter!("mpconnect_delivery_events_total", "destination" => id.clone(), "outcome" => "delivered")
+            .increment(0);
+        metrics::counter!("mpconnect_delivery_retries_total", "destination" => id).increment(0);
         destination
     }
 
@@ -150,9 +192,10 @@ impl Destination {
     /// Delivers batches routed by the transform: one outcome per batch, each durable.
     pub async fn deliver(
         &self,
-        batches: Vec<RoutedBatch>,
+        mut batches: Vec<RoutedBatch>,
     ) -> Result<Vec<BatchOutcome>, DeliverError> {
         let now_ms = runtime::now_ms();
+        let spans = self.batch_spans(&mut batches, |_| 1);
         let answers = match self.state() {
             DestinationState::Healthy => self.attempt(&batches).await,
             DestinationState::BackingOff { because, .. }
@@ -198,8 +241,48 @@ impl Destination {
                 answer.detail(),
             ));
         }
-        self.count(&settled, &batches);
+        self.count(&settled, &batches, Round::First);
+        record_outcomes(&spans, &settled);
         Ok(outcomes)
+    }
+
+    /// A span per batch in its own trace; each batch then carries its span's context, so the
+    /// destination call (and a later retry) is its child.
+    fn batch_spans(
+        &self,
+        batches: &mut [RoutedBatch],
+        attempt: impl Fn(usize) -> u32,
+    ) -> Vec<tracing::Span> {
+        if !telemetry::enabled() {
+            return Vec::new();
+        }
+        batches
+            .iter_mut()
+            .enumerate()
+            .map(|(i, batch)| {
+                let span = runtime::pipeline_span!(
+                    "deliver",
+                    otel.kind = "server",
+                    mpconnect.stage = "delivery",
+                    destination = self.id(),
+                    connection = batch.connection.as_str(),
+                    source = batch.source.as_str(),
+                    events = batch.batch.as_ref().map_or(0, |b| b.events.len() as i64),
+                    retry_attempt = i64::from(attempt(i)),
+                    outcome = tracing::field::Empty,
+                    status = tracing::field::Empty,
+                );
+                let parent = TraceContext::continue_from(
+                    Some(batch.traceparent.as_str()),
+                    Some(batch.tracestate.as_str()),
+                );
+                telemetry::continue_from(&span, parent.as_ref());
+                if let Some(own) = telemetry::context_of(&span) {
+                    batch.traceparent = own.traceparent;
+                }
+                span
+            })
+            .collect()
     }
 
     /// One attempt at the destination, within the attempt timeout.
@@ -357,7 +440,9 @@ impl Destination {
         Ok(())
     }
 
-    fn count(&self, settled: &Settled, batches: &[RoutedBatch]) {
+    /// Outcome counts: each batch counts once as delivered or dead-lettered when it gets
+    /// there, and once as parked when first parked (not again on each later retry).
+    fn count(&self, settled: &Settled, batches: &[RoutedBatch], round: Round) {
         let events = |indexes: &mut dyn Iterator<Item = usize>| -> u64 {
             indexes
                 .map(|i| {
@@ -368,8 +453,12 @@ impl Destination {
                 })
                 .sum()
         };
-        let parked = settled.retry.iter().filter(|r| r.1.is_some()).count();
-        let dead = settled.dead.len() + settled.retry.len() - parked;
+        let still_waiting = settled.retry.iter().filter(|r| r.1.is_some()).count();
+        let dead = settled.dead.len() + settled.retry.len() - still_waiting;
+        let parked = match round {
+            Round::First => still_waiting,
+            Round::Retry => 0,
+        };
         let delivered_events = events(&mut settled.delivered.iter().copied());
         for (outcome, n) in [
             ("delivered", settled.delivered.len()),
@@ -433,7 +522,37 @@ impl Destination {
                 }
             }
         });
-        join_all(workers).await;
+        futures_util::future::join(join_all(workers), self.watch_depth(shutdown)).await;
+    }
+
+    /// Publishes the retry queue's depth (parked batches waiting out their backoff are
+    /// `delayed`) until `shutdown`.
+    async fn watch_depth(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let queue = format!("retry-{}", self.id());
+        loop {
+            match self.retry_queue.depth().await {
+                Ok(depth) => {
+                    for (state, n) in [
+                        ("visible", depth.visible),
+                        ("in_flight", depth.in_flight),
+                        ("delayed", depth.delayed),
+                    ] {
+                        metrics::gauge!("mpconnect_queue_depth", "queue" => queue.clone(), "state" => state)
+                            .set(n as f64);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(destination = self.id(), error = %e, "cannot read the retry queue's depth")
+                }
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(DEPTH_REFRESH) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
     }
 
     /// One round of the retry queue; returns how many parked batches it handled.
@@ -490,6 +609,7 @@ impl Destination {
                 }
             }
         }
+        let spans = self.batch_spans(&mut batches, |i| histories[i].0 + 1);
         let answers = self.attempt(&batches).await;
         metrics::counter!("mpconnect_delivery_retries_total", "destination" => self.id().to_owned())
             .increment(batches.len() as u64);
@@ -511,7 +631,8 @@ impl Destination {
         if !done.is_empty() {
             self.retry_queue.ack(&done).await?;
         }
-        self.count(&settled, &batches);
+        self.count(&settled, &batches, Round::Retry);
+        record_outcomes(&spans, &settled);
         Ok(received.len())
     }
 

@@ -5,9 +5,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use tracing::Instrument as _;
 
 use crate::driver::{Answer, retry_after, short};
 use crate::limit::{LimitSettings, Limiter, Permit, Refused, Signal};
+use runtime::telemetry::{self, TraceContext};
 
 /// mParticle's share of its rate limit used, on 2xx answers.
 const PERCENT_USED: &str = "x-mp-rate-limit-percentage-used";
@@ -60,10 +62,60 @@ impl Poster {
         }
     }
 
-    /// POSTs a JSON `body` holding `batches` batches, once the limiter allows it and no later
-    /// than `deadline` (else `Retry`, never sent late); a pause (`Retry-After`) answers at
-    /// once, so the batches park.
+    /// POSTs a JSON `body` holding one batch per entry of `traces` (each batch's W3C
+    /// `traceparent`), once the limiter allows it and no later than `deadline` (else `Retry`,
+    /// never sent late); a pause (`Retry-After`) answers at once, so the batches park.
+    ///
+    /// The call is a span in the first batch's trace, linked to the others'; the destination
+    /// gets its context in `traceparent`.
     pub async fn post_json(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        traces: &[&str],
+        deadline: Instant,
+    ) -> Answer {
+        let span = runtime::pipeline_span!(
+            "destination call",
+            otel.kind = "client",
+            mpconnect.stage = "delivery",
+            destination = self.destination.as_str(),
+            batches = traces.len() as i64,
+            bytes = body.len() as i64,
+            status = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let parents = traces
+            .iter()
+            .filter_map(|t| TraceContext::continue_from(Some(t), None));
+        for (n, parent) in parents.enumerate() {
+            if n == 0 {
+                telemetry::continue_from(&span, Some(&parent));
+            } else {
+                telemetry::link(&span, &parent);
+            }
+        }
+        let traceparent = telemetry::context_of(&span)
+            .map(|t| t.traceparent)
+            .or_else(|| traces.first().map(|t| (*t).to_owned()))
+            .unwrap_or_default();
+        let answer = self
+            .post_traced(url, body, traces.len(), &traceparent, deadline)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "outcome",
+            match &answer {
+                Answer::Delivered => "delivered",
+                Answer::Retry { .. } => "retry",
+                Answer::Reject { .. } => "rejected",
+                Answer::Unauthorized { .. } => "unauthorized",
+            },
+        );
+        answer
+    }
+
+    async fn post_traced(
         &self,
         url: &str,
         body: Vec<u8>,
@@ -117,6 +169,8 @@ impl Poster {
         let (answer, label) = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
+                // On the destination call's span (see `post_json`).
+                tracing::Span::current().record("status", i64::from(status));
                 let headers = response.headers().clone();
                 let body = response.bytes().await.unwrap_or_default();
                 let detail = format!("{} answered {status}: {}", self.who, short(&body));

@@ -267,6 +267,9 @@ pub struct Telemetry {
     pub log_format: Option<String>,
     /// e.g. `info`, or `mpconnect=debug,info`. `RUST_LOG` wins.
     pub log_level: Option<String>,
+    /// OTLP/gRPC endpoint for traces, e.g. `http://jaeger:4317`.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` wins; with neither, no spans are exported.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

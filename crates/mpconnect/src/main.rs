@@ -64,7 +64,18 @@ enum KeysCommand {
     New,
 }
 
-fn init_logs(config: Option<&config::Config>, flag: Option<&str>) {
+/// Logs to stderr (text on a terminal, JSON otherwise) and, when `tracing` names a service
+/// and an OTLP endpoint is configured, pipeline spans to OTLP. Returns the exporter to shut
+/// down at exit.
+fn init_logs(
+    config: Option<&config::Config>,
+    flag: Option<&str>,
+    tracing_as: Option<&str>,
+) -> Option<runtime::telemetry::Tracing> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let format = flag
         .map(str::to_owned)
         .or_else(|| config.and_then(|c| c.telemetry.log_format.clone()))
@@ -74,18 +85,55 @@ fn init_logs(config: Option<&config::Config>, flag: Option<&str>) {
         .unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Pipeline spans are for the trace exporter; in logs they would only add noise and cost.
+    let filter = match format!("{}=off", runtime::telemetry::SPAN_TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let json = match format.as_str() {
         "json" => true,
         "text" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
+    let logs = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.init();
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
+    };
+    let settings = tracing_as.map(|service| runtime::telemetry::TracingSettings {
+        service_name: service.to_owned(),
+        endpoint: config.and_then(|c| c.telemetry.otlp_endpoint.clone()),
+    });
+    let installed = match settings.map(|s| runtime::telemetry::Tracing::install(&s)) {
+        Some(Ok(installed)) => installed,
+        Some(Err(e)) => {
+            eprintln!("mpconnect: traces are off: {e}");
+            None
+        }
+        None => None,
+    };
+    match installed {
+        Some((tracing, layer)) => {
+            let spans = tracing_subscriber::filter::Targets::new()
+                .with_target(runtime::telemetry::SPAN_TARGET, tracing::Level::INFO);
+            tracing_subscriber::registry()
+                .with(logs)
+                .with(layer.with_filter(spans))
+                .init();
+            Some(tracing)
+        }
+        None => {
+            tracing_subscriber::registry().with(logs).init();
+            None
+        }
     }
 }
 
@@ -114,11 +162,11 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Command::Dlq(args) => {
-                init_logs(None, args.config.log_format.as_deref());
+                init_logs(None, args.config.log_format.as_deref(), None);
                 dlq::run(args).await
             }
             Command::Backfill(args) => {
-                init_logs(None, None);
+                init_logs(None, None, None);
                 backfill::run(args).await
             }
         }

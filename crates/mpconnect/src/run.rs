@@ -39,17 +39,24 @@ pub fn validate(args: ConfigArgs) -> anyhow::Result<()> {
     bail!("{name}: {} problem(s)", problems.len())
 }
 
-fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
+fn load(
+    args: &ConfigArgs,
+    target: Target,
+) -> anyhow::Result<(Config, Option<runtime::telemetry::Tracing>)> {
     let (config, mut problems) = config::load(args.config.as_deref())?;
     problems.extend(config.problems());
-    crate::init_logs(Some(&config), args.log_format.as_deref());
+    let tracing = crate::init_logs(
+        Some(&config),
+        args.log_format.as_deref(),
+        Some(target.service_name()),
+    );
     if !problems.is_empty() {
         bail!(
             "the configuration has problems:\n  {}",
             problems.join("\n  ")
         );
     }
-    Ok(config)
+    Ok((config, tracing))
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -100,8 +107,28 @@ fn admin() -> axum::Router {
         )
 }
 
+impl Target {
+    /// `service.name` of its spans; `all` is one service, its spans name their stage.
+    fn service_name(self) -> &'static str {
+        match self {
+            Target::All => "mpconnect",
+            Target::Ingest => "mpconnect-ingest",
+            Target::Transform => "mpconnect-transform",
+            Target::Delivery => "mpconnect-delivery",
+        }
+    }
+}
+
 pub async fn stage(args: ConfigArgs, target: Target) -> anyhow::Result<()> {
-    let config = load(&args)?;
+    let (config, tracing) = load(&args, target)?;
+    let result = run_stages(config, target).await;
+    if let Some(tracing) = tracing {
+        tracing.shutdown(Duration::from_secs(3));
+    }
+    result
+}
+
+async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.shutdown.grace_period_secs);
     let listen = config.listen.clone();
     let endpoint = config.transform.delivery_endpoint.clone();

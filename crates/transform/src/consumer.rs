@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use runtime::queue::attr as queue_attr;
+use runtime::telemetry::{self, TraceContext};
 use runtime::{Message, Queue, QueueError, ReceiveOptions, Received, StageQueue};
 use schema::v1::{Batch, Outcome, RoutedBatch};
 
@@ -213,15 +214,38 @@ impl Transform {
         stats
             .messages
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        metrics::counter!("mpconnect_transform_messages_total", "outcome" => "received")
+            .increment(messages.len() as u64);
+        let now = runtime::now_ms();
+        let oldest_ms = messages
+            .iter()
+            .map(|m| now - m.sent_at_ms)
+            .max()
+            .unwrap_or(0);
+        metrics::gauge!("mpconnect_queue_oldest_message_age_seconds", "queue" => "ingest")
+            .set(oldest_ms.max(0) as f64 / 1000.0);
         let heartbeat =
             Heartbeat::start(&inner.queue, &messages, inner.settings.receive.visibility);
 
         // Decode and route each message; what cannot be is dead-lettered.
         let mut work: Vec<(Received, Batch, Vec<Route>)> = Vec::with_capacity(messages.len());
+        // Each message's span, and the context its routed batches carry to delivery.
+        let mut traces: Vec<(tracing::Span, Option<TraceContext>)> =
+            Vec::with_capacity(messages.len());
         for message in messages {
+            let (span, trace) = message_span(&message);
             match self.route(&message) {
-                Ok((batch, routes)) => work.push((message, batch, routes)),
-                Err(reason) => self.dead_letter(message, &reason).await,
+                Ok((batch, routes)) => {
+                    span.record("events_in", batch.events.len() as i64);
+                    work.push((message, batch, routes));
+                    traces.push((span, trace));
+                }
+                Err(reason) => {
+                    span.record("outcome", "dead_lettered");
+                    metrics::counter!("mpconnect_transform_messages_total", "outcome" => "dead_lettered")
+                        .increment(1);
+                    self.dead_letter(message, &reason).await
+                }
             }
         }
 
@@ -258,8 +282,12 @@ impl Transform {
                 stats
                     .events_filtered
                     .fetch_add(applied.events_filtered as u64, Ordering::Relaxed);
-                metrics::counter!("mpconnect_transform_events_total", "connection" => connection.id.clone(), "outcome" => "filtered")
-                    .increment(applied.events_filtered as u64);
+                let counted = |outcome: &'static str, n: usize| {
+                    metrics::counter!("mpconnect_transform_events_total", "connection" => connection.id.clone(), "outcome" => outcome)
+                        .increment(n as u64);
+                };
+                counted("in", applied.events_in);
+                counted("filtered", applied.events_filtered);
                 let mine: Vec<usize> = (0..routes.len())
                     .filter(|&r| routes[r].connection == connection_index)
                     .collect();
@@ -275,6 +303,7 @@ impl Transform {
                         stats
                             .events_deduplicated
                             .fetch_add(out.events.len() as u64, Ordering::Relaxed);
+                        counted("deduplicated", out.events.len());
                         per_route[r] = Some(Answer::Answered);
                         keys_per_route[r] = (route.destination.clone(), Vec::new());
                         continue;
@@ -297,6 +326,7 @@ impl Transform {
                     stats
                         .events_deduplicated
                         .fetch_add(repeats as u64, Ordering::Relaxed);
+                    counted("deduplicated", repeats);
                     // Everything filtered or repeated: nothing owed to this destination. (A batch
                     // that came with no events still goes: it may carry user attribute changes.)
                     if out.events.is_empty() && had_events {
@@ -307,6 +337,10 @@ impl Transform {
                     stats
                         .events_out
                         .fetch_add(out.events.len() as u64, Ordering::Relaxed);
+                    counted("out", out.events.len());
+                    let (span, trace) = &traces[m];
+                    span.record("destinations", routes.len() as i64);
+                    let events_out = out.events.len();
                     let mut all_keys = keys;
                     all_keys.extend(event_keys);
                     in_round.extend(all_keys.iter().cloned());
@@ -327,17 +361,20 @@ impl Transform {
                                 .attributes
                                 .get(attr::HISTORICAL)
                                 .is_some_and(|v| v == "true"),
-                            traceparent: message
-                                .attributes
-                                .get(queue_attr::TRACEPARENT)
-                                .cloned()
+                            traceparent: trace
+                                .as_ref()
+                                .map(|t| t.traceparent.clone())
+                                .or_else(|| {
+                                    message.attributes.get(queue_attr::TRACEPARENT).cloned()
+                                })
                                 .unwrap_or_default(),
-                            tracestate: message
-                                .attributes
-                                .get(queue_attr::TRACESTATE)
-                                .cloned()
+                            tracestate: trace
+                                .as_ref()
+                                .and_then(|t| t.tracestate.clone())
+                                .or_else(|| message.attributes.get(queue_attr::TRACESTATE).cloned())
                                 .unwrap_or_default(),
                         });
+                    span.record("events_out", events_out as i64);
                 }
             }
             answers.push(per_route);
@@ -397,7 +434,8 @@ impl Transform {
 
         // Settle each message; the done ones are deleted in one call.
         let mut done = Vec::with_capacity(work.len());
-        for (((message, _, routes), per_route), keys) in work.into_iter().zip(answers).zip(remember)
+        for ((((message, _, routes), per_route), keys), (span, _)) in
+            work.into_iter().zip(answers).zip(remember).zip(traces)
         {
             let mut failed = Vec::new();
             let mut refused = Vec::new();
@@ -420,13 +458,23 @@ impl Transform {
                 self.copy_to_dead_letter(&message, &refused.join("; "))
                     .await;
             }
-            if failed.is_empty() {
+            let outcome = if failed.is_empty() {
                 done.push(message.receipt);
+                if refused.is_empty() {
+                    "answered"
+                } else {
+                    "dead_lettered"
+                }
             } else if failed.len() < routes.len() {
                 self.requeue_for(&message, &failed).await;
+                "requeued"
             } else {
                 self.nack(&message).await;
-            }
+                "retried"
+            };
+            span.record("outcome", outcome);
+            metrics::counter!("mpconnect_transform_messages_total", "outcome" => outcome)
+                .increment(1);
         }
         self.ack_all(&done).await;
     }
@@ -604,6 +652,50 @@ impl Transform {
         .await
         .is_ok()
     }
+}
+
+/// The message's span in its batch's trace, after a span for its time in the queue; and the
+/// context the routed batches carry on (`None` when tracing is off: they carry the message's).
+fn message_span(message: &Received) -> (tracing::Span, Option<TraceContext>) {
+    let parent = TraceContext::continue_from(
+        message
+            .attributes
+            .get(queue_attr::TRACEPARENT)
+            .map(String::as_str),
+        message
+            .attributes
+            .get(queue_attr::TRACESTATE)
+            .map(String::as_str),
+    );
+    if let Some(parent) = &parent {
+        telemetry::queue_wait(
+            parent,
+            "transform",
+            "ingest",
+            message.sent_at_ms,
+            &message.message_id,
+            message.receive_count,
+        );
+    }
+    let span = runtime::pipeline_span!(
+        "transform",
+        otel.kind = "consumer",
+        mpconnect.stage = "transform",
+        source = message
+            .attributes
+            .get(queue_attr::SOURCE)
+            .map(String::as_str)
+            .unwrap_or_default(),
+        message_id = message.message_id.as_str(),
+        receive_count = i64::from(message.receive_count),
+        events_in = tracing::field::Empty,
+        events_out = tracing::field::Empty,
+        destinations = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    telemetry::continue_from(&span, parent.as_ref());
+    let trace = telemetry::context_of(&span);
+    (span, trace)
 }
 
 /// Keys that mark a batch as already given to `destination`: the S3 source's batch id, the

@@ -60,20 +60,14 @@ impl MparticleDriver {
         deadline: Instant,
     ) -> BoxFuture<'a, Vec<(usize, Answer)>> {
         Box::pin(async move {
-            let traceparent = request
+            let traces: Vec<&str> = request
                 .parts
-                .first()
+                .iter()
                 .map(|p| batches[p.key].traceparent.as_str())
-                .unwrap_or_default();
+                .collect();
             let answer = self
                 .poster
-                .post_json(
-                    url,
-                    request.body,
-                    request.parts.len(),
-                    traceparent,
-                    deadline,
-                )
+                .post_json(url, request.body, &traces, deadline)
                 .await;
             let keys: BTreeSet<usize> = request.parts.iter().map(|p| p.key).collect();
             if !matches!(answer, Answer::Reject { .. }) || keys.len() < 2 {

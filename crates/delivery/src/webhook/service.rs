@@ -35,7 +35,7 @@ impl WebhookDriver {
         };
         let body = schema::encode_batch(inner, schema::Dialect::Outbound);
         self.poster
-            .post_json(&self.settings.url, body, 1, &batch.traceparent, deadline)
+            .post_json(&self.settings.url, body, &[&batch.traceparent], deadline)
             .await
     }
 }

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prost::Message as _;
 use runtime::queue::attr as queue_attr;
-use runtime::telemetry::TraceContext;
+use runtime::telemetry::{self, TraceContext};
 use runtime::{Message, Queue, now_ms};
 use serde_json::value::RawValue;
 
@@ -171,13 +171,34 @@ async fn accept(
         door != Door::Events && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
 
     let mut accepted = Vec::with_capacity(batches.len());
+    // One span per batch: each batch is a trace of its own (or a child of the caller's).
+    let mut spans = Vec::with_capacity(batches.len());
     let mut refused = Vec::new();
     let mut events = 0usize;
     for (i, raw) in batches.iter().enumerate() {
         match check(raw, door, now) {
             Ok(batch) => {
                 events += batch.events.len();
-                let trace = caller.clone().unwrap_or_else(TraceContext::start);
+                let span = runtime::pipeline_span!(
+                    "ingest",
+                    otel.kind = "server",
+                    mpconnect.stage = "ingest",
+                    source = source.id.as_str(),
+                    endpoint = door.name(),
+                    events = batch.events.len() as i64,
+                    bytes = raw.get().len() as i64,
+                    outcome = tracing::field::Empty,
+                );
+                telemetry::continue_from(&span, caller.as_ref());
+                let trace = telemetry::context_of(&span)
+                    .map(|mut own| {
+                        // The caller's vendor state travels on; only the parent id is ours.
+                        own.tracestate = caller.as_ref().and_then(|c| c.tracestate.clone());
+                        own
+                    })
+                    .or_else(|| caller.clone())
+                    .unwrap_or_else(TraceContext::start);
+                spans.push(span);
                 accepted.push(queue_message(
                     batch.encode_to_vec(),
                     &source.id,
@@ -204,8 +225,15 @@ async fn accept(
     let count = accepted.len();
     if let Err(e) = ingest.inner.queue.send(accepted).await {
         tracing::error!(source = source.id, error = %e, "the ingest queue did not take a request");
+        for span in &spans {
+            span.record("outcome", "refused: queue unavailable");
+        }
         return Err(ApiError::unavailable(ingest.retry_after()));
     }
+    for span in &spans {
+        span.record("outcome", "queued");
+    }
+    drop(spans);
     metrics::counter!("mpconnect_ingest_batches_total", "source" => source.id.clone(), "outcome" => "queued")
         .increment(count as u64);
     metrics::counter!("mpconnect_ingest_events_total", "source" => source.id.clone())

@@ -20,7 +20,7 @@ use aws_sdk_s3::Client as S3Client;
 use prost::Message as _;
 use runtime::queue::attr as queue_attr;
 use runtime::store::S3Store;
-use runtime::telemetry::TraceContext;
+use runtime::telemetry::{self, TraceContext};
 use runtime::{
     AnyQueue, Message, ObjectStore, Queue, QueueError, ReceiveOptions, Received, StageQueue,
     StoreError, now_ms,
@@ -310,8 +310,19 @@ impl S3Source {
         let reader = BufReader::with_capacity(256 * 1024, store.get(&object.key).await?);
         let mut lines = decompressed(reader).await?;
         let settings = &self.inner.settings;
-        let trace = TraceContext::start();
         let location = format!("s3://{}/{}", object.bucket, object.key);
+        // One trace per object; each batch (line) is a span in it.
+        let object_span = runtime::pipeline_span!(
+            "s3 object",
+            otel.kind = "consumer",
+            mpconnect.stage = "ingest",
+            source = settings.source_id.as_str(),
+            object = location.as_str(),
+            lines = tracing::field::Empty,
+            batches = tracing::field::Empty,
+            bad_lines = tracing::field::Empty,
+        );
+        let trace = telemetry::context_of(&object_span).unwrap_or_else(TraceContext::start);
         let etag = object.etag.clone().unwrap_or_default();
         let now = now_ms();
 
@@ -341,10 +352,26 @@ impl S3Source {
                     settings.max_line_bytes
                 )])
             };
+            let batch_span = runtime::pipeline_span!(
+                "ingest",
+                mpconnect.stage = "ingest",
+                source = settings.source_id.as_str(),
+                line = number as i64,
+                bytes = text.len() as i64,
+                outcome = if checked.is_ok() {
+                    "queued"
+                } else {
+                    "dead_lettered"
+                },
+            );
+            telemetry::continue_from(&batch_span, Some(&trace));
+            let traceparent = telemetry::context_of(&batch_span)
+                .map(|t| t.traceparent)
+                .unwrap_or_else(|| child_span(&trace));
             let base = |body: Vec<u8>| {
                 Message::new(body)
                     .with_attribute(queue_attr::SOURCE, settings.source_id.clone())
-                    .with_attribute(queue_attr::TRACEPARENT, child_span(&trace))
+                    .with_attribute(queue_attr::TRACEPARENT, traceparent.clone())
                     .with_attribute(attr::RECEIVED_AT, now.to_string())
                     .with_attribute(attr::ENDPOINT, "s3")
                     .with_attribute(s3_attr::OBJECT, location.clone())
@@ -369,7 +396,7 @@ impl S3Source {
                     schema::limits::truncate_chars(&mut because, 1000);
                     tracing::warn!(
                         object = location,
-                        line = number,
+                        line = number as i64,
                         because,
                         "bad line to the dead-letter queue"
                     );
@@ -405,6 +432,9 @@ impl S3Source {
         metrics::counter!("mpconnect_ingest_batches_total", "source" => source.clone(), "outcome" => "dead_lettered").increment(summary.bad_lines);
         metrics::counter!("mpconnect_ingest_events_total", "source" => source)
             .increment(summary.events);
+        object_span.record("lines", summary.lines as i64);
+        object_span.record("batches", summary.batches as i64);
+        object_span.record("bad_lines", summary.bad_lines as i64);
         Ok(summary)
     }
 

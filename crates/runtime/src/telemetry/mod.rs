@@ -1,16 +1,37 @@
 //! Metrics (Prometheus text on each stage's `/metrics`) and W3C trace context, which travels
 //! with every batch: HTTP headers in, queue attributes, gRPC metadata, headers out.
 
+mod process;
+mod trace;
+
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+pub use trace::{
+    SPAN_TARGET, Tracing, TracingError, TracingSettings, context_of, continue_from, enabled, link,
+    queue_wait,
+};
+/// For [`crate::pipeline_span!`], so stage crates need no `tracing` of a particular version.
+#[doc(hidden)]
+pub use tracing;
+
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Seconds: from a fast local hop to a destination timing out.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// Installs the process-wide Prometheus recorder once, and returns its handle.
 pub fn metrics() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Buckets, so latencies are histograms a dashboard can aggregate across pods (the
+        // exporter's default is a per-process summary).
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
         let handle = recorder.handle();
         // Another recorder installed first (a test harness): keep rendering ours, empty.
         let _ = metrics::set_global_recorder(recorder);
@@ -18,9 +39,11 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
-/// The `/metrics` body.
+/// The `/metrics` body: the stage's own families, then the process's CPU and memory.
 pub fn render_metrics() -> String {
-    metrics().render()
+    let mut body = metrics().render();
+    process::render(&mut body);
+    body
 }
 
 /// A W3C trace context (`traceparent`, and `tracestate` when there is one).

@@ -1,0 +1,459 @@
+//! What an operator sees of a known run of the three stages as three processes: one trace per
+//! batch across them (exported over OTLP to a receiver in the suite), `/metrics` counts equal
+//! to what was sent, delivered and dead-lettered, no secret or identity in logs or spans, and a
+//! dashboard that queries only metrics the stages export.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{
+    DESTINATION_KEY, DESTINATION_SECRET, Running, SOURCE_KEY, SOURCE_SECRET, Stack, metric,
+};
+use serde_json::{Value, json};
+
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const EMAIL: &str = "jane.doe@example.com";
+const CUSTOMER_ID: &str = "cust-known-4242";
+const IP: &str = "203.0.113.77";
+const WRONG_SECRET: &str = "wrong-secret-attempt-9";
+
+fn batch(id: &str) -> Value {
+    json!({
+        "environment": "production",
+        "source_request_id": id,
+        "user_identities": {"customerid": format!("c-{id}")},
+        "events": [
+            {"event_type": "custom_event", "data": {"event_name": "one", "custom_event_type": "other"}},
+            {"event_type": "screen_view", "data": {"screen_name": "Home"}}
+        ]
+    })
+}
+
+/// Starts the OTLP receiver; spans land as JSON lines in `out`.
+fn receiver(out: &std::path::Path) -> (Running, u16) {
+    let mut child = Command::new(common::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/otlp_receiver.py"
+        ))
+        .arg(out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("the receiver's port");
+    (Running(child), port)
+}
+
+fn spans(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+async fn scrape(stack: &Stack) -> BTreeMap<&'static str, String> {
+    let client = reqwest::Client::new();
+    let mut bodies = BTreeMap::new();
+    for (stage, url) in &stack.metrics_urls {
+        let body = client.get(url).send().await.unwrap().text().await.unwrap();
+        bodies.insert(*stage, body);
+    }
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
+    let receiver_dir = tempfile::tempdir().unwrap();
+    let spans_path = receiver_dir.path().join("spans.jsonl");
+    let (_receiver, port) = receiver(&spans_path);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let stack = Stack::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        (
+            "RUST_LOG",
+            "info,mpconnect=debug,mpconnect_ingest=debug,mpconnect_transform=debug,\
+             mpconnect_delivery=debug,mpconnect_runtime=debug",
+        ),
+    ])
+    .await;
+    stack
+        .fake
+        .set(|b| b.reject_request_ids_starting = Some("bad-".into()));
+    stack.ready().await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: &Value| {
+        client
+            .post(format!("{}{path}", stack.ingest_url))
+            .basic_auth(SOURCE_KEY, Some(SOURCE_SECRET))
+            .json(body)
+    };
+
+    // One batch in the caller's trace, carrying personal data that must not show anywhere.
+    let mut traced = batch("traced-1");
+    traced["user_identities"] = json!({"email": EMAIL, "customerid": CUSTOMER_ID});
+    traced["ip"] = json!(IP);
+    let answer = post("/v2/events", &traced)
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header("tracestate", "vendor=opaque")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    // Delivered alone, so its trace holds one delivery attempt.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stack.fake.request_ids().iter().any(|id| id == "traced-1") {
+        assert!(Instant::now() < deadline, "the traced batch never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Three bulk requests of three good batches and one mParticle will refuse; the first also
+    // carries a batch our ingest refuses (kept in its dead-letter queue, the rest accepted).
+    let mut good = BTreeSet::new();
+    for r in 0..3 {
+        let mut body: Vec<Value> = (0..3).map(|b| batch(&format!("good-{r}-{b}"))).collect();
+        good.extend((0..3).map(|b| format!("good-{r}-{b}")));
+        body.push(batch(&format!("bad-{r}")));
+        if r == 0 {
+            body.push(json!({"events": []}));
+        }
+        let answer = post("/v2/bulkevents", &Value::Array(body))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+    }
+    good.insert("traced-1".to_owned());
+    // A request with nothing usable, and one with a wrong secret.
+    let answer = post("/v2/events", &json!({"events": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    let answer = client
+        .post(format!("{}/v2/events", stack.ingest_url))
+        .basic_auth(SOURCE_KEY, Some(WRONG_SECRET))
+        .json(&batch("never"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+
+    // Wait for the run to settle: every good batch delivered, every refused one dead-lettered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let metrics = scrape(&stack).await;
+        let dead = metric(
+            &metrics["delivery"],
+            "mpconnect_delivery_batches_total",
+            &[("destination", "mp"), ("outcome", "dead_lettered")],
+        );
+        let arrived: BTreeSet<String> = stack.fake.request_ids().into_iter().collect();
+        if dead >= 3.0 && good.is_subset(&arrived) {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not settle: {dead} dead-lettered, {} of {} arrived",
+            good.intersection(&arrived).count(),
+            good.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Metrics: what was sent, delivered and dead-lettered, stage by stage.
+    let (ingest, transform, delivery) = (
+        &metrics["ingest"],
+        &metrics["transform"],
+        &metrics["delivery"],
+    );
+    let requests = |status| {
+        metric(
+            ingest,
+            "mpconnect_ingest_requests_total",
+            &[("status", status)],
+        )
+    };
+    assert_eq!(requests("202"), 4.0);
+    assert_eq!(requests("400"), 1.0);
+    assert_eq!(requests("403"), 1.0);
+    let web = ("source", "web");
+    let ingested = |outcome| {
+        metric(
+            ingest,
+            "mpconnect_ingest_batches_total",
+            &[web, ("outcome", outcome)],
+        )
+    };
+    assert_eq!(ingested("queued"), 13.0);
+    assert_eq!(ingested("dead_lettered"), 1.0);
+    assert_eq!(ingested("invalid"), 1.0);
+    assert_eq!(
+        metric(ingest, "mpconnect_ingest_events_total", &[web]),
+        26.0
+    );
+    let transformed = |outcome| {
+        metric(
+            transform,
+            "mpconnect_transform_events_total",
+            &[("connection", "web-to-mp"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(transformed("in"), 26.0);
+    assert_eq!(transformed("out"), 26.0);
+    assert_eq!(transformed("filtered"), 0.0);
+    let mp = ("destination", "mp");
+    let delivered = |outcome| {
+        metric(
+            delivery,
+            "mpconnect_delivery_batches_total",
+            &[mp, ("outcome", outcome)],
+        )
+    };
+    assert_eq!(delivered("delivered"), 10.0);
+    assert_eq!(delivered("dead_lettered"), 3.0);
+    assert_eq!(delivered("parked"), 0.0);
+    assert_eq!(
+        metric(
+            delivery,
+            "mpconnect_delivery_events_total",
+            &[mp, ("outcome", "delivered")]
+        ),
+        20.0
+    );
+    let accepted_requests = metric(
+        delivery,
+        "mpconnect_delivery_requests_total",
+        &[mp, ("status", "202")],
+    );
+    let accepted_by_fake = stack
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.status == 202)
+        .count();
+    assert_eq!(accepted_requests, accepted_by_fake as f64);
+    assert!(
+        delivery.contains("mpconnect_queue_depth{queue=\"retry-mp\""),
+        "delivery reports its retry queue's depth"
+    );
+    assert!(
+        transform.contains("mpconnect_queue_oldest_message_age_seconds{queue=\"ingest\"}"),
+        "the transform reports the ingest queue's lag"
+    );
+    for (stage, body) in &metrics {
+        assert!(
+            metric(body, "process_cpu_seconds_total", &[]) > 0.0
+                && metric(body, "process_resident_memory_bytes", &[]) > 0.0,
+            "{stage} reports its CPU and memory"
+        );
+    }
+
+    // Traces: the caller's batch runs ingest → transform → delivery → the destination call.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wanted = [
+        "ingest",
+        "queue wait",
+        "transform",
+        "deliver",
+        "destination call",
+    ];
+    let traced: Vec<Value> = loop {
+        let in_trace: Vec<Value> = spans(&spans_path)
+            .into_iter()
+            .filter(|s| s["trace_id"] == CALLER_TRACE)
+            .collect();
+        let names: BTreeSet<&str> = in_trace.iter().filter_map(|s| s["name"].as_str()).collect();
+        if wanted.iter().all(|w| names.contains(w)) {
+            break in_trace;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans of the caller's trace: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let one = |name: &str| -> &Value {
+        let found: Vec<&Value> = traced.iter().filter(|s| s["name"] == name).collect();
+        assert_eq!(found.len(), 1, "one {name} span in {traced:#?}");
+        found[0]
+    };
+    let (ingest_span, wait, transform_span, deliver, call) = (
+        one("ingest"),
+        one("queue wait"),
+        one("transform"),
+        one("deliver"),
+        one("destination call"),
+    );
+    let services: BTreeSet<&str> = traced
+        .iter()
+        .filter_map(|s| s["service"].as_str())
+        .collect();
+    assert_eq!(
+        services,
+        BTreeSet::from([
+            "mpconnect-ingest",
+            "mpconnect-transform",
+            "mpconnect-delivery"
+        ])
+    );
+    assert_eq!(ingest_span["service"], "mpconnect-ingest");
+    assert_eq!(ingest_span["parent_span_id"], CALLER_SPAN);
+    assert_eq!(wait["parent_span_id"], ingest_span["span_id"]);
+    assert!(wait["end"].as_u64() >= wait["start"].as_u64());
+    assert_eq!(transform_span["service"], "mpconnect-transform");
+    assert_eq!(transform_span["parent_span_id"], ingest_span["span_id"]);
+    assert_eq!(deliver["service"], "mpconnect-delivery");
+    assert_eq!(deliver["parent_span_id"], transform_span["span_id"]);
+    assert_eq!(call["parent_span_id"], deliver["span_id"]);
+    assert_eq!(ingest_span["attributes"]["source"], "web");
+    assert_eq!(ingest_span["attributes"]["outcome"], "queued");
+    assert_eq!(ingest_span["attributes"]["events"], 2);
+    assert!(transform_span["attributes"]["message_id"].is_string());
+    assert_eq!(transform_span["attributes"]["receive_count"], 1);
+    assert_eq!(deliver["attributes"]["destination"], "mp");
+    assert_eq!(deliver["attributes"]["connection"], "web-to-mp");
+    assert_eq!(deliver["attributes"]["outcome"], "delivered");
+    assert_eq!(call["attributes"]["status"], 202);
+    // The destination was called in the same trace, as a child of the call span.
+    let traceparent = format!("00-{CALLER_TRACE}-{}-01", call["span_id"].as_str().unwrap());
+    assert!(
+        stack
+            .fake
+            .requests()
+            .iter()
+            .any(|r| r.traceparent.as_deref() == Some(traceparent.as_str())),
+        "the destination got {traceparent}"
+    );
+    // Every other batch is a trace of its own; the refused ones end dead, with mParticle's 400.
+    // (Each stage exports on its own schedule: wait until every batch's spans are in.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (ingest_traces, dead) = loop {
+        let all = spans(&spans_path);
+        let ingest_traces: BTreeSet<String> = all
+            .iter()
+            .filter(|s| s["name"] == "ingest" && s["attributes"]["outcome"] == "queued")
+            .filter_map(|s| s["trace_id"].as_str().map(str::to_owned))
+            .collect();
+        let dead: Vec<Value> = all
+            .into_iter()
+            .filter(|s| s["name"] == "deliver" && s["attributes"]["outcome"] == "dead")
+            .collect();
+        if (ingest_traces.len() >= 13 && dead.len() >= 3) || Instant::now() > deadline {
+            break (ingest_traces, dead);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ingest_traces.len(), 13, "one trace per batch");
+    assert_eq!(dead.len(), 3);
+    assert!(dead.iter().all(|s| s["attributes"]["status"] == 400));
+
+    // Neither a secret nor an identity, in any log or span.
+    let logs = stack.logs();
+    let exported = std::fs::read_to_string(&spans_path).unwrap();
+    assert!(logs.lines().count() > 10, "the stages logged: {logs}");
+    let basic = |key: &str, secret: &str| {
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"))
+    };
+    for secret in [
+        SOURCE_SECRET.to_owned(),
+        DESTINATION_SECRET.to_owned(),
+        WRONG_SECRET.to_owned(),
+        basic(SOURCE_KEY, SOURCE_SECRET),
+        basic(DESTINATION_KEY, DESTINATION_SECRET),
+        basic(SOURCE_KEY, WRONG_SECRET),
+        EMAIL.to_owned(),
+        CUSTOMER_ID.to_owned(),
+        IP.to_owned(),
+    ] {
+        assert!(!logs.contains(&secret), "{secret} in the logs");
+        assert!(!exported.contains(&secret), "{secret} in the spans");
+    }
+
+    // The dashboard queries only metrics the stages export.
+    let exported_names: BTreeSet<String> = metrics
+        .values()
+        .flat_map(|body| body.lines())
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/grafana/mpconnect.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let queried = dashboard_metrics(&dashboard);
+    assert!(queried.len() >= 15, "the dashboard queries {queried:?}");
+    let missing: Vec<&String> = queried
+        .iter()
+        .filter(|m| !exported_names.contains(*m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, which no stage exports"
+    );
+}
+
+/// Every metric name in the dashboard's PromQL expressions.
+fn dashboard_metrics(dashboard: &Value) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if token.starts_with("mpconnect_") || token.starts_with("process_") {
+                    names.insert(token.to_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_collector_listening_costs_no_events() {
+    // Spans are exported to a port nobody listens on: they are dropped, the events are not.
+    let nowhere = format!("http://127.0.0.1:{}", common::free_port());
+    let stack = Stack::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &nowhere),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ])
+    .await;
+    stack.ready().await;
+    let client = reqwest::Client::new();
+    let ids: BTreeSet<String> = (0..20).map(|i| format!("no-collector-{i}")).collect();
+    let body: Vec<Value> = ids.iter().map(|id| batch(id)).collect();
+    for chunk in body.chunks(5) {
+        let answer = client
+            .post(format!("{}/v2/bulkevents", stack.ingest_url))
+            .basic_auth(SOURCE_KEY, Some(SOURCE_SECRET))
+            .json(&chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ids.is_subset(&stack.fake.request_ids().into_iter().collect()) {
+        assert!(
+            Instant::now() < deadline,
+            "events stalled without a collector"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
