@@ -7,9 +7,11 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use runtime::telemetry::{self, TraceContext};
 use schema::v1::delivery_service_server::{DeliveryService, DeliveryServiceServer};
 use schema::v1::{DeliverRequest, DeliverResponse};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::destination::{DeliverError, Destination, DestinationState};
 
@@ -148,7 +150,27 @@ impl DeliveryService for Delivery {
         &self,
         request: Request<DeliverRequest>,
     ) -> Result<Response<DeliverResponse>, Status> {
+        let header = |name: &str| request.metadata().get(name).and_then(|v| v.to_str().ok());
+        let caller = TraceContext::continue_from(header("traceparent"), header("tracestate"));
         let request = request.into_inner();
+        let span = runtime::pipeline_span!(
+            "mpconnect.v1.DeliveryService/Deliver",
+            otel.kind = "server",
+            mpconnect.stage = "delivery",
+            rpc.system = "grpc",
+            destination = request.destination.as_str(),
+            batches = request.batches.len() as i64,
+        );
+        telemetry::continue_from(&span, caller.as_ref());
+        self.deliver_traced(request).instrument(span).await
+    }
+}
+
+impl Delivery {
+    async fn deliver_traced(
+        &self,
+        request: DeliverRequest,
+    ) -> Result<Response<DeliverResponse>, Status> {
         let Some(destination) = self.destinations.get(&request.destination) else {
             return Err(Status::not_found(format!(
                 "no destination {:?} is configured",

@@ -12,12 +12,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use runtime::telemetry::{self, TraceContext};
 use schema::v1::delivery_service_client::DeliveryServiceClient;
 use schema::v1::{BatchOutcome, DeliverRequest, RoutedBatch};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 use tonic::transport::channel::Change;
+use tracing::Instrument as _;
 
 /// Finds delivery's addresses now.
 pub type Resolve = Arc<
@@ -35,6 +37,9 @@ pub fn dns(host: &str, port: u16) -> Resolve {
         Box::pin(async move { Ok(tokio::net::lookup_host(target).await?.collect()) })
     })
 }
+
+/// The span name of a Deliver call, on both sides (OpenTelemetry's RPC convention).
+pub const RPC_NAME: &str = "mpconnect.v1.DeliveryService/Deliver";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -108,12 +113,41 @@ impl DeliveryClient {
         destination: &str,
         batches: Vec<RoutedBatch>,
     ) -> Result<Vec<BatchOutcome>, DeliveryError> {
+        // The call carries many batches, each in its own trace (in its `traceparent` field):
+        // the call is a span in the first one's, linked to the others', and its context rides
+        // in the call's metadata.
+        let span = runtime::pipeline_span!(
+            RPC_NAME,
+            otel.kind = "client",
+            mpconnect.stage = "transform",
+            rpc.system = "grpc",
+            destination,
+            batches = batches.len() as i64,
+        );
+        let mut traced = batches
+            .iter()
+            .filter_map(|b| TraceContext::continue_from(Some(&b.traceparent), Some(&b.tracestate)));
+        if telemetry::enabled() {
+            telemetry::continue_from(&span, traced.next().as_ref());
+            traced.for_each(|other| telemetry::link(&span, &other));
+        }
         let mut request = tonic::Request::new(DeliverRequest {
             destination: destination.to_owned(),
             batches,
         });
         request.set_timeout(self.deadline);
-        match tokio::time::timeout(self.deadline, self.client.clone().deliver(request)).await {
+        if let Some(context) = telemetry::context_of(&span) {
+            let metadata = request.metadata_mut();
+            if let Ok(value) = context.traceparent.parse() {
+                metadata.insert("traceparent", value);
+            }
+            if let Some(Ok(value)) = context.tracestate.map(|s| s.parse()) {
+                metadata.insert("tracestate", value);
+            }
+        }
+        let mut client = self.client.clone();
+        let call = client.deliver(request).instrument(span);
+        match tokio::time::timeout(self.deadline, call).await {
             Ok(Ok(response)) => Ok(response.into_inner().outcomes),
             Ok(Err(status)) => Err(match status.code() {
                 Code::InvalidArgument

@@ -657,6 +657,9 @@ impl Transform {
 /// The message's span in its batch's trace, after a span for its time in the queue; and the
 /// context the routed batches carry on (`None` when tracing is off: they carry the message's).
 fn message_span(message: &Received) -> (tracing::Span, Option<TraceContext>) {
+    if !telemetry::enabled() {
+        return (tracing::Span::none(), None);
+    }
     let parent = TraceContext::continue_from(
         message
             .attributes

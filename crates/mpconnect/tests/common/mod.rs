@@ -40,6 +40,8 @@ pub fn python() -> String {
 
 pub struct Stack {
     pub fake: FakeMparticle,
+    /// The S3 store (claim checks, dead letters) on moto.
+    pub bucket: String,
     pub dir: tempfile::TempDir,
     pub ingest_url: String,
     /// `/metrics` of each stage, by target name.
@@ -142,6 +144,7 @@ impl Stack {
         let processes = vec![start("delivery"), start("transform"), start("ingest")];
         Stack {
             fake,
+            bucket,
             ingest_url: format!("http://127.0.0.1:{ingest_port}"),
             metrics_urls: vec![
                 ("ingest", format!("http://127.0.0.1:{ingest_port}/metrics")),

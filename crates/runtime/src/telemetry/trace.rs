@@ -89,10 +89,19 @@ impl Tracing {
             .with_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| TracingError::Exporter(e.to_string()))?;
-        let service_name =
-            env("OTEL_SERVICE_NAME").unwrap_or_else(|| settings.service_name.clone());
-        // The builder reads OTEL_RESOURCE_ATTRIBUTES; the service name is set after it.
-        let resource = Resource::builder().with_service_name(service_name).build();
+        // The builder reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the stage's name
+        // applies only when neither names the service.
+        let named_by_env = env("OTEL_SERVICE_NAME").is_some()
+            || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attributes| {
+                attributes
+                    .split(',')
+                    .any(|pair| pair.trim_start().starts_with("service.name="))
+            });
+        let mut resource = Resource::builder();
+        if !named_by_env {
+            resource = resource.with_service_name(settings.service_name.clone());
+        }
+        let resource = resource.build();
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource)
