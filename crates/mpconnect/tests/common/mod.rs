@@ -52,6 +52,11 @@ pub struct Stack {
 impl Stack {
     /// Starts delivery, transform and ingest with `env` added to each process's environment.
     pub async fn start(env: &[(&str, &str)]) -> Stack {
+        Self::start_with(env, "").await
+    }
+
+    /// As [`Stack::start`], with `extra` TOML (more sources, connections) after the config.
+    pub async fn start_with(env: &[(&str, &str)], extra: &str) -> Stack {
         let moto = runtime::testing::moto_endpoint();
         let (sqs, s3) = runtime::testing::moto_clients().await;
         let mut urls = Vec::new();
@@ -110,6 +115,7 @@ impl Stack {
             id = "web-to-mp"
             source = "web"
             destinations = ["mp"]
+            {extra}
             "#,
             data = dir.path().display(),
             ingest = urls[0],
