@@ -5,10 +5,12 @@
   check-manifests.py keda FILE...                KEDA objects against KEDA's CRD schema (the
                                                  cloudcoil models generated from it), unknown keys
                                                  refused
-  check-manifests.py runs MPCONNECT (OVERLAY|COMPOSE)...
+  check-manifests.py runs MPCONNECT [--secrets FILE] (OVERLAY|COMPOSE)...
                                                  what each container is given (args, env, the
                                                  mounted config) is what the binary accepts:
-                                                 `mpconnect <args> --help` and `mpconnect validate`
+                                                 `mpconnect <args> --help` and `mpconnect validate`;
+                                                 Secrets an overlay leaves to the operator are
+                                                 taken from the example FILE
 
 Each prints what it checked and exits 1 on the first file with a problem."""
 
@@ -145,9 +147,10 @@ def run_checked(mpconnect, what, args, env, config_path):
     print(f"{what}: args {args} and {len(env)} env vars accepted; config valid")
 
 
-def container_env(container, docs, what):
+def container_env(container, docs, what, examples=()):
     """The env a container gets: envFrom ConfigMaps and Secrets, then env (values and refs)."""
-    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs if "metadata" in d}
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in examples if "metadata" in d}
+    by_kind.update({(d["kind"], d["metadata"]["name"]): d for d in docs if "metadata" in d})
     env = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -184,15 +187,19 @@ def mounted_config(pod_spec, container, docs, what, directory):
 
 
 def runs(mpconnect, targets):
+    examples = []
+    if targets[:1] == ["--secrets"]:
+        examples = load(targets[1])
+        targets = targets[2:]
     for target in targets:
         with tempfile.TemporaryDirectory() as directory:
             if target.endswith((".yml", ".yaml")) and not os.path.isdir(target):
                 runs_compose(mpconnect, target, directory)
             else:
-                runs_kubernetes(mpconnect, target, directory)
+                runs_kubernetes(mpconnect, target, directory, examples)
 
 
-def runs_kubernetes(mpconnect, overlay, directory):
+def runs_kubernetes(mpconnect, overlay, directory, examples):
     docs = render(overlay) if os.path.isdir(overlay) else load(overlay)
     deployments = [d for d in docs if d.get("kind") == "Deployment"]
     if not deployments:
@@ -201,7 +208,7 @@ def runs_kubernetes(mpconnect, overlay, directory):
         pod = deployment["spec"]["template"]["spec"]
         for container in pod["containers"]:
             what = f"{overlay}: {deployment['metadata']['name']}/{container['name']}"
-            env = container_env(container, docs, what)
+            env = container_env(container, docs, what, examples)
             configs = dict(mounted_config(pod, container, docs, what, directory))
             config_path = env.get("MPCONNECT_CONFIG")
             if config_path not in configs:
