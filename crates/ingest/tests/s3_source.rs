@@ -8,8 +8,6 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
-use aws_sdk_sqs::types::QueueAttributeName;
 use common::decode;
 use ingest::s3::{S3Source, S3SourceSettings, backfill, s3_attr};
 use mpconnect_ingest as ingest;
@@ -30,44 +28,7 @@ use runtime::testing::unique;
 
 /// A bucket whose object-created notifications go to a fresh queue, as in mParticle's docs.
 async fn notifying_bucket(m: &Moto) -> (String, String) {
-    let bucket = unique("mp-forwarding");
-    let queue = unique("notifications");
-    m.s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    let url = m
-        .sqs
-        .create_queue()
-        .queue_name(&queue)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let attrs = m
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap();
-    let arn = attrs.attributes.unwrap()[&QueueAttributeName::QueueArn].clone();
-    m.s3.put_bucket_notification_configuration()
-        .bucket(&bucket)
-        .notification_configuration(
-            NotificationConfiguration::builder()
-                .queue_configurations(
-                    QueueConfiguration::builder()
-                        .queue_arn(arn)
-                        .events(Event::from("s3:ObjectCreated:*"))
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    (bucket, queue)
+    runtime::testing::notifying_bucket(&m.sqs, &m.s3).await
 }
 
 struct Pipeline {

@@ -521,47 +521,9 @@ async fn no_collector_listening_costs_no_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_s3_source_makes_a_trace_per_object_with_a_span_per_batch() {
-    use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
-    use aws_sdk_sqs::types::QueueAttributeName;
-
     // mParticle's S3 output: a bucket whose new objects are announced on an SQS queue.
     let (sqs, s3) = runtime::testing::moto_clients().await;
-    let bucket = runtime::testing::unique("mp-output");
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(runtime::testing::unique("notifications"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    s3.put_bucket_notification_configuration()
-        .bucket(&bucket)
-        .notification_configuration(
-            NotificationConfiguration::builder()
-                .queue_configurations(
-                    QueueConfiguration::builder()
-                        .queue_arn(arn)
-                        .events(Event::from("s3:ObjectCreated:*"))
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let (bucket, queue_url) = runtime::testing::notifying_bucket(&sqs, &s3).await;
 
     let receiver_dir = tempfile::tempdir().unwrap();
     let spans_path = receiver_dir.path().join("spans.jsonl");

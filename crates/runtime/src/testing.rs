@@ -49,6 +49,54 @@ pub async fn moto_clients() -> (aws_sdk_sqs::Client, aws_sdk_s3::Client) {
     )
 }
 
+/// A fresh bucket whose `s3:ObjectCreated:*` notifications go to a fresh SQS queue, as a user
+/// sets up mParticle's S3 output; returns the bucket and the queue's URL.
+pub async fn notifying_bucket(
+    sqs: &aws_sdk_sqs::Client,
+    s3: &aws_sdk_s3::Client,
+) -> (String, String) {
+    use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
+    use aws_sdk_sqs::types::QueueAttributeName;
+
+    let bucket = unique("mp-output");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(unique("notifications"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    s3.put_bucket_notification_configuration()
+        .bucket(&bucket)
+        .notification_configuration(
+            NotificationConfiguration::builder()
+                .queue_configurations(
+                    QueueConfiguration::builder()
+                        .queue_arn(arn)
+                        .events(Event::from("s3:ObjectCreated:*"))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    (bucket, queue_url)
+}
+
 /// Everything in `queue` now, acknowledged: receives until a receive that waited `wait` comes
 /// back empty.
 pub async fn drain(queue: &impl crate::Queue, wait: std::time::Duration) -> Vec<crate::Received> {
