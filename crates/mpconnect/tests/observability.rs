@@ -383,6 +383,9 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
     assert_eq!(ingest_span["attributes"]["events"], 2);
     assert!(transform_span["attributes"]["message_id"].is_string());
     assert_eq!(transform_span["attributes"]["receive_count"], 1);
+    assert_eq!(transform_span["attributes"]["events_in"], 2);
+    assert_eq!(transform_span["attributes"]["events_out"], 2);
+    assert_eq!(transform_span["attributes"]["destinations"], 1);
     assert_eq!(deliver["attributes"]["destination"], "mp");
     assert_eq!(deliver["attributes"]["connection"], "web-to-mp");
     assert_eq!(deliver["attributes"]["outcome"], "delivered");

@@ -82,6 +82,30 @@ pub struct TransformStats {
     pub events_deduplicated: AtomicU64,
 }
 
+/// What became of a batch's events in the transform.
+#[derive(Clone, Copy)]
+enum Events {
+    In,
+    Out,
+    Filtered,
+    Deduplicated,
+}
+
+impl TransformStats {
+    /// Counts `n` events of `connection`, in these stats and on `/metrics` alike.
+    fn count_events(&self, connection: &str, what: Events, n: usize) {
+        let (total, outcome) = match what {
+            Events::In => (&self.events_in, "in"),
+            Events::Out => (&self.events_out, "out"),
+            Events::Filtered => (&self.events_filtered, "filtered"),
+            Events::Deduplicated => (&self.events_deduplicated, "deduplicated"),
+        };
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("mpconnect_transform_events_total", "connection" => connection.to_owned(), "outcome" => outcome)
+            .increment(n as u64);
+    }
+}
+
 #[derive(Clone)]
 pub struct Transform {
     inner: Arc<Inner>,
@@ -263,6 +287,8 @@ impl Transform {
             let mut keys_per_route: Vec<(String, Vec<String>)> =
                 vec![(String::new(), Vec::new()); routes.len()];
             let had_events = !batch.events.is_empty();
+            // Summed over every route, for the message's span.
+            let mut events_out = 0usize;
             // The batch is copied only when a second connection or destination needs its own.
             let mut connections: Vec<usize> = routes.iter().map(|r| r.connection).collect();
             connections.sort_unstable();
@@ -276,18 +302,9 @@ impl Transform {
                     batch.clone()
                 };
                 let applied = connection.rules.apply(&mut applied_batch);
-                stats
-                    .events_in
-                    .fetch_add(applied.events_in as u64, Ordering::Relaxed);
-                stats
-                    .events_filtered
-                    .fetch_add(applied.events_filtered as u64, Ordering::Relaxed);
-                let counted = |outcome: &'static str, n: usize| {
-                    metrics::counter!("mpconnect_transform_events_total", "connection" => connection.id.clone(), "outcome" => outcome)
-                        .increment(n as u64);
-                };
-                counted("in", applied.events_in);
-                counted("filtered", applied.events_filtered);
+                let counted = |what: Events, n: usize| stats.count_events(&connection.id, what, n);
+                counted(Events::In, applied.events_in);
+                counted(Events::Filtered, applied.events_filtered);
                 let mine: Vec<usize> = (0..routes.len())
                     .filter(|&r| routes[r].connection == connection_index)
                     .collect();
@@ -300,10 +317,7 @@ impl Transform {
                     };
                     let keys = dedupe_keys(message, &out, &route.destination);
                     if keys.iter().any(|k| seen(k, &in_round)) {
-                        stats
-                            .events_deduplicated
-                            .fetch_add(out.events.len() as u64, Ordering::Relaxed);
-                        counted("deduplicated", out.events.len());
+                        counted(Events::Deduplicated, out.events.len());
                         per_route[r] = Some(Answer::Answered);
                         keys_per_route[r] = (route.destination.clone(), Vec::new());
                         continue;
@@ -322,11 +336,7 @@ impl Transform {
                         event_keys.push(key);
                         true
                     });
-                    let repeats = before - out.events.len();
-                    stats
-                        .events_deduplicated
-                        .fetch_add(repeats as u64, Ordering::Relaxed);
-                    counted("deduplicated", repeats);
+                    counted(Events::Deduplicated, before - out.events.len());
                     // Everything filtered or repeated: nothing owed to this destination. (A batch
                     // that came with no events still goes: it may carry user attribute changes.)
                     if out.events.is_empty() && had_events {
@@ -334,13 +344,9 @@ impl Transform {
                         keys_per_route[r] = (route.destination.clone(), Vec::new());
                         continue;
                     }
-                    stats
-                        .events_out
-                        .fetch_add(out.events.len() as u64, Ordering::Relaxed);
-                    counted("out", out.events.len());
-                    let (span, trace) = &traces[m];
-                    span.record("destinations", routes.len() as i64);
-                    let events_out = out.events.len();
+                    counted(Events::Out, out.events.len());
+                    events_out += out.events.len();
+                    let trace = &traces[m].1;
                     let mut all_keys = keys;
                     all_keys.extend(event_keys);
                     in_round.extend(all_keys.iter().cloned());
@@ -374,9 +380,11 @@ impl Transform {
                                 .or_else(|| message.attributes.get(queue_attr::TRACESTATE).cloned())
                                 .unwrap_or_default(),
                         });
-                    span.record("events_out", events_out as i64);
                 }
             }
+            let span = &traces[m].0;
+            span.record("destinations", routes.len() as i64);
+            span.record("events_out", events_out as i64);
             answers.push(per_route);
             remember.push(keys_per_route);
         }
