@@ -9,7 +9,7 @@ use tracing::Instrument as _;
 
 use crate::driver::{Answer, retry_after, short};
 use crate::limit::{LimitSettings, Limiter, Permit, Refused, Signal};
-use runtime::telemetry::{self, TraceContext};
+use runtime::telemetry;
 
 /// mParticle's share of its rate limit used, on 2xx answers.
 const PERCENT_USED: &str = "x-mp-rate-limit-percentage-used";
@@ -85,21 +85,7 @@ impl Poster {
             status = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let parents = traces
-            .iter()
-            .take(if telemetry::enabled() {
-                traces.len()
-            } else {
-                0
-            })
-            .filter_map(|t| TraceContext::continue_from(Some(t), None));
-        for (n, parent) in parents.enumerate() {
-            if n == 0 {
-                telemetry::continue_from(&span, Some(&parent));
-            } else {
-                telemetry::link(&span, &parent);
-            }
-        }
+        telemetry::continue_from_many(&span, traces.iter().map(|t| (*t, "")));
         let traceparent = telemetry::context_of(&span)
             .map(|t| t.traceparent)
             .or_else(|| traces.first().map(|t| (*t).to_owned()))

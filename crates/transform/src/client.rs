@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runtime::telemetry::{self, TraceContext};
+use runtime::telemetry;
 use schema::v1::delivery_service_client::DeliveryServiceClient;
 use schema::v1::{BatchOutcome, DeliverRequest, RoutedBatch};
 use tonic::Code;
@@ -124,13 +124,12 @@ impl DeliveryClient {
             destination,
             batches = batches.len() as i64,
         );
-        let mut traced = batches
-            .iter()
-            .filter_map(|b| TraceContext::continue_from(Some(&b.traceparent), Some(&b.tracestate)));
-        if telemetry::enabled() {
-            telemetry::continue_from(&span, traced.next().as_ref());
-            traced.for_each(|other| telemetry::link(&span, &other));
-        }
+        telemetry::continue_from_many(
+            &span,
+            batches
+                .iter()
+                .map(|b| (b.traceparent.as_str(), b.tracestate.as_str())),
+        );
         let mut request = tonic::Request::new(DeliverRequest {
             destination: destination.to_owned(),
             batches,

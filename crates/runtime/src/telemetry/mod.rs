@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub use trace::{
-    SPAN_TARGET, Tracing, TracingError, TracingSettings, context_of, continue_from, enabled, link,
-    queue_wait,
+    SPAN_TARGET, Tracing, TracingError, TracingSettings, context_of, continue_from,
+    continue_from_many, enabled, queue_wait,
 };
 /// For [`crate::pipeline_span!`], so stage crates need no `tracing` of a particular version.
 #[doc(hidden)]

@@ -165,13 +165,22 @@ pub fn continue_from(span: &tracing::Span, parent: Option<&TraceContext>) {
     }
 }
 
-/// Links `span` to another trace it serves (a request that carries many batches).
-pub fn link(span: &tracing::Span, other: &TraceContext) {
+/// Makes `span`, which serves many batches at once (a call, a request), a child of the first
+/// batch's trace and links it to the others'. Each item is a batch's `traceparent` and
+/// `tracestate` (empty when none). A no-op when tracing is off: nothing is parsed.
+pub fn continue_from_many<'a>(
+    span: &tracing::Span,
+    batches: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
     if !enabled() || span.is_disabled() {
         return;
     }
-    if let Some(context) = remote(other) {
-        span.add_link(context);
+    let mut traces = batches
+        .into_iter()
+        .filter_map(|(parent, state)| TraceContext::continue_from(Some(parent), Some(state)));
+    continue_from(span, traces.next().as_ref());
+    for other in traces.filter_map(|t| remote(&t)) {
+        span.add_link(other);
     }
 }
 
