@@ -99,20 +99,20 @@ fn record_outcomes(spans: &[tracing::Span], settled: &Settled) {
     if spans.is_empty() {
         return;
     }
+    let end = |i: usize, outcome: &str, answer: &Answer| {
+        spans[i].record("outcome", outcome);
+        if let Some(status) = answer.status() {
+            spans[i].record("status", i64::from(status));
+        }
+    };
     for &i in &settled.delivered {
-        spans[i].record("outcome", "delivered");
+        end(i, "delivered", &Answer::Delivered);
     }
     for (i, delay, answer) in &settled.retry {
-        spans[*i].record("outcome", if delay.is_some() { "parked" } else { "dead" });
-        if let Some(status) = answer.status() {
-            spans[*i].record("status", i64::from(status));
-        }
+        end(*i, if delay.is_some() { "parked" } else { "dead" }, answer);
     }
     for (i, answer) in &settled.dead {
-        spans[*i].record("outcome", "dead");
-        if let Some(status) = answer.status() {
-            spans[*i].record("status", i64::from(status));
-        }
+        end(*i, "dead", answer);
     }
 }
 

@@ -396,7 +396,7 @@ impl S3Source {
                     schema::limits::truncate_chars(&mut because, 1000);
                     tracing::warn!(
                         object = location,
-                        line = number as i64,
+                        line = number,
                         because,
                         "bad line to the dead-letter queue"
                     );
