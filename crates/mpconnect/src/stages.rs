@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use delivery::file::{FileDriver, FileSettings};
+use delivery::limit::LimitSettings;
 use delivery::mparticle::{MparticleDriver, MparticleSettings, Pod};
 use delivery::s3::{S3Driver, S3ExportSettings};
 use delivery::webhook::{WebhookDriver, WebhookSettings};
@@ -226,6 +227,21 @@ pub fn delivery_client(endpoint: &str) -> anyhow::Result<DeliveryClient> {
     ))
 }
 
+/// The HTTP destinations' shared settings: at most this many requests at once, each within
+/// this long.
+fn http_overrides(
+    d: &DestinationConfig,
+    limit: &mut LimitSettings,
+    request_timeout: &mut Duration,
+) {
+    if let Some(max) = d.max_concurrency {
+        limit.max_concurrency = max.max(1);
+    }
+    if let Some(timeout) = millis(d.request_timeout_ms) {
+        *request_timeout = timeout;
+    }
+}
+
 fn millis(value: Option<u64>) -> Option<Duration> {
     value.map(Duration::from_millis)
 }
@@ -250,23 +266,13 @@ fn driver(shared: &Shared, d: &DestinationConfig) -> anyhow::Result<Arc<dyn Driv
             if let Some(rate) = d.rate_limit {
                 settings.limit.rate = (rate > 0.0).then_some(rate);
             }
-            if let Some(max) = d.max_concurrency {
-                settings.limit.max_concurrency = max.max(1);
-            }
-            if let Some(timeout) = millis(d.request_timeout_ms) {
-                settings.request_timeout = timeout;
-            }
+            http_overrides(d, &mut settings.limit, &mut settings.request_timeout);
             Arc::new(MparticleDriver::new(&d.id, settings)?)
         }
         "webhook" => {
             let mut settings = WebhookSettings::new(d.url.clone().context("url is required")?);
             settings.authorization = d.authorization.as_ref().map(|a| a.source(data_dir));
-            if let Some(max) = d.max_concurrency {
-                settings.limit.max_concurrency = max.max(1);
-            }
-            if let Some(timeout) = millis(d.request_timeout_ms) {
-                settings.request_timeout = timeout;
-            }
+            http_overrides(d, &mut settings.limit, &mut settings.request_timeout);
             Arc::new(WebhookDriver::new(&d.id, settings)?)
         }
         "s3" => {
