@@ -8,11 +8,12 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use common::{
-    DESTINATION_KEY, DESTINATION_SECRET, Running, SOURCE_KEY, SOURCE_SECRET, Stack, metric,
+    DESTINATION_KEY, DESTINATION_SECRET, Running, SOURCE_KEY, SOURCE_SECRET, Stack, eventually,
+    metric,
 };
 use serde_json::{Value, json};
 
@@ -33,6 +34,17 @@ fn batch(id: &str) -> Value {
             {"event_type": "screen_view", "data": {"screen_name": "Home"}}
         ]
     })
+}
+
+/// Waits until the fake mParticle has accepted the batch `id`.
+async fn arrived(stack: &Stack, id: &str) {
+    eventually(Duration::from_secs(30), async || {
+        if stack.fake.request_ids().iter().any(|arrived| arrived == id) {
+            return Ok(());
+        }
+        Err(format!("the batch {id} never arrived"))
+    })
+    .await;
 }
 
 /// Starts the OTLP receiver; spans land as JSON lines in `out`.
@@ -105,11 +117,7 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
     // hand-off that finds delivery not yet connected is retried, and would show twice).
     let answer = post("/v2/events", &batch("warm-up")).send().await.unwrap();
     assert_eq!(answer.status(), 202);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !stack.fake.request_ids().iter().any(|id| id == "warm-up") {
-        assert!(Instant::now() < deadline, "the warm-up batch never arrived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    arrived(&stack, "warm-up").await;
 
     // One batch in the caller's trace, carrying personal data that must not show anywhere.
     let mut traced = batch("traced-1");
@@ -123,11 +131,7 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
         .unwrap();
     assert_eq!(answer.status(), 202);
     // Delivered alone, so its trace holds one delivery attempt.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !stack.fake.request_ids().iter().any(|id| id == "traced-1") {
-        assert!(Instant::now() < deadline, "the traced batch never arrived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    arrived(&stack, "traced-1").await;
 
     // Three bulk requests of three good batches and one mParticle will refuse; the first also
     // carries a batch our ingest refuses (kept in its dead-letter queue, the rest accepted).
@@ -163,8 +167,7 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
     assert_eq!(answer.status(), 403);
 
     // Wait for the run to settle: every good batch delivered, every refused one dead-lettered.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let metrics = loop {
+    let metrics = eventually(Duration::from_secs(60), async || {
         let metrics = scrape(&stack).await;
         let dead = metric(
             &metrics["delivery"],
@@ -173,16 +176,15 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
         );
         let arrived: BTreeSet<String> = stack.fake.request_ids().into_iter().collect();
         if dead >= 3.0 && good.is_subset(&arrived) {
-            break metrics;
+            return Ok(metrics);
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "the run did not settle: {dead} dead-lettered, {} of {} arrived",
             good.intersection(&arrived).count(),
             good.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        ))
+    })
+    .await;
 
     // Metrics: what was sent, delivered and dead-lettered, stage by stage.
     let (ingest, transform, delivery) = (
@@ -307,7 +309,6 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
     }
 
     // Traces: the caller's batch runs ingest → transform → delivery → the destination call.
-    let deadline = Instant::now() + Duration::from_secs(30);
     let wanted = [
         "ingest",
         "queue wait",
@@ -316,21 +317,18 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
         "deliver",
         "destination call",
     ];
-    let traced: Vec<Value> = loop {
+    let traced: Vec<Value> = eventually(Duration::from_secs(30), async || {
         let in_trace: Vec<Value> = spans(&spans_path)
             .into_iter()
             .filter(|s| s["trace_id"] == CALLER_TRACE)
             .collect();
         let names: BTreeSet<&str> = in_trace.iter().filter_map(|s| s["name"].as_str()).collect();
         if wanted.iter().all(|w| names.contains(w)) {
-            break in_trace;
+            return Ok(in_trace);
         }
-        assert!(
-            Instant::now() < deadline,
-            "spans of the caller's trace: {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        Err(format!("spans of the caller's trace: {names:?}"))
+    })
+    .await;
     let one = |name: &str| -> &Value {
         let found: Vec<&Value> = traced.iter().filter(|s| s["name"] == name).collect();
         assert_eq!(found.len(), 1, "one {name} span in {traced:#?}");
@@ -402,8 +400,7 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
     );
     // Every other batch is a trace of its own; the refused ones end dead, with mParticle's 400.
     // (Each stage exports on its own schedule: wait until every batch's spans are in.)
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (ingest_traces, dead) = loop {
+    let (ingest_traces, dead) = eventually(Duration::from_secs(30), async || {
         let all = spans(&spans_path);
         let ingest_traces: BTreeSet<String> = all
             .iter()
@@ -414,11 +411,16 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
             .into_iter()
             .filter(|s| s["name"] == "deliver" && s["attributes"]["outcome"] == "dead")
             .collect();
-        if (ingest_traces.len() >= 14 && dead.len() >= 3) || Instant::now() > deadline {
-            break (ingest_traces, dead);
+        if ingest_traces.len() >= 14 && dead.len() >= 3 {
+            return Ok((ingest_traces, dead));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        Err(format!(
+            "one trace per batch: {} batch traces, {} dead batches",
+            ingest_traces.len(),
+            dead.len()
+        ))
+    })
+    .await;
     assert_eq!(ingest_traces.len(), 14, "one trace per batch");
     assert!(dead.len() >= 3);
     assert!(dead.iter().all(|s| s["attributes"]["status"] == 400));
@@ -512,14 +514,13 @@ async fn no_collector_listening_costs_no_events() {
             .unwrap();
         assert_eq!(answer.status(), 202);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ids.is_subset(&stack.fake.request_ids().into_iter().collect()) {
-        assert!(
-            Instant::now() < deadline,
-            "events stalled without a collector"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), async || {
+        if ids.is_subset(&stack.fake.request_ids().into_iter().collect()) {
+            return Ok(());
+        }
+        Err("events stalled without a collector".to_owned())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -563,8 +564,7 @@ async fn the_s3_source_makes_a_trace_per_object_with_a_span_per_batch() {
         .await
         .unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (object_span, lines, delivered) = loop {
+    let (object_span, lines, delivered) = eventually(Duration::from_secs(60), async || {
         let all = spans(&spans_path);
         let object_span = all.iter().find(|s| s["name"] == "s3 object").cloned();
         let in_trace = |name: &str| -> Vec<Value> {
@@ -583,16 +583,15 @@ async fn the_s3_source_makes_a_trace_per_object_with_a_span_per_batch() {
             && lines.len() >= 3
             && delivered.len() >= 3
         {
-            break (object_span, lines, delivered);
+            return Ok((object_span, lines, delivered));
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "the object's trace: {object_span:?}, {} line spans, {} deliver spans",
             lines.len(),
             delivered.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        ))
+    })
+    .await;
     assert_eq!(object_span["service"], "mpconnect-ingest");
     assert_eq!(object_span["parent_span_id"], "", "a trace of its own");
     assert_eq!(object_span["attributes"]["batches"], 3);

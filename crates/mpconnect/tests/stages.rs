@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{SOURCE_KEY, SOURCE_SECRET, Stack};
+use common::{SOURCE_KEY, SOURCE_SECRET, Stack, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_transform_and_delivery_as_three_processes_deliver_every_event() {
@@ -49,20 +49,19 @@ async fn ingest_transform_and_delivery_as_three_processes_deliver_every_event() 
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(Duration::from_secs(60), async || {
         let arrived: BTreeSet<String> = fake.request_ids().into_iter().collect();
         if arrived == sent {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {} batches arrived",
+                arrived.len(),
+                sent.len()
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} batches arrived",
-            arrived.len(),
-            sent.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     // At least once: a retried hand-off may repeat a batch (mParticle drops it by its
     // source_request_id); every batch that arrived is whole.
     for batch in fake.accepted() {

@@ -171,13 +171,15 @@ impl Stack {
     /// Waits until ingest answers (the processes are starting).
     pub async fn ready(&self) {
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for (_, url) in &self.metrics_urls {
-            while !matches!(client.get(url).send().await, Ok(r) if r.status().is_success()) {
-                assert!(Instant::now() < deadline, "{url} never answered");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        eventually(Duration::from_secs(30), async || {
+            for (_, url) in &self.metrics_urls {
+                if !matches!(client.get(url).send().await, Ok(r) if r.status().is_success()) {
+                    return Err(format!("{url} never answered"));
+                }
             }
-        }
+            Ok(())
+        })
+        .await;
     }
 
     /// Every stage's log, concatenated.
@@ -190,6 +192,22 @@ impl Stack {
 
     pub fn log_path(&self, target: &str) -> PathBuf {
         self.dir.path().join(format!("{target}.log"))
+    }
+}
+
+/// Asks `probe` every 100 ms until it answers `Ok`; past `within`, fails with its last `Err`,
+/// which says what is still missing. The stages are other processes: every check waits.
+pub async fn eventually<T>(
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(done) => return done,
+            Err(missing) => assert!(Instant::now() < deadline, "{missing}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
