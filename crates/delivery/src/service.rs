@@ -189,14 +189,3 @@ impl Delivery {
         }
     }
 }
-
-/// Serves the admin endpoints on `addr` until the process ends (a helper for stage binaries).
-pub async fn serve_admin(
-    router: Router,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}

@@ -107,6 +107,17 @@ fn admin() -> axum::Router {
         )
 }
 
+/// Serves a stage's admin endpoints until the stage stops.
+async fn serve_admin(
+    router: axum::Router,
+    listener: tokio::net::TcpListener,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stopped)
+        .await
+}
+
 impl Target {
     /// `service.name` of its spans; `all` is one service, its spans name their stage.
     fn service_name(self) -> &'static str {
@@ -147,7 +158,7 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
         if target == Target::Delivery {
             let admin = bind(&listen.delivery_admin, "delivery's health and metrics").await?;
             tracing::info!(addr = %admin.local_addr()?, "delivery health and metrics");
-            tokio::spawn(delivery::service::serve_admin(
+            tokio::spawn(serve_admin(
                 delivery.admin_router(),
                 admin,
                 delivery_stopped(),
@@ -169,12 +180,7 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
             let admin_listener =
                 bind(&listen.transform_admin, "transform's health and metrics").await?;
             tracing::info!(addr = %admin_listener.local_addr()?, "transform health and metrics");
-            let stopped = transform_stopped();
-            tokio::spawn(async move {
-                axum::serve(admin_listener, admin())
-                    .with_graceful_shutdown(stopped)
-                    .await
-            });
+            tokio::spawn(serve_admin(admin(), admin_listener, transform_stopped()));
         }
         let stopped = transform_stopped();
         transform_task = Some(tokio::spawn(async move { transform.run(stopped).await }));
