@@ -104,10 +104,7 @@ impl Delivery {
                     async move { delivery.readiness() }
                 }),
             )
-            .route(
-                "/metrics",
-                get(|| async { runtime::telemetry::render_metrics() }),
-            )
+            .route("/metrics", get(|| async { telemetry::metrics_answer() }))
     }
 
     fn readiness(&self) -> axum::response::Response {

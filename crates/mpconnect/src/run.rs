@@ -103,7 +103,7 @@ fn admin() -> axum::Router {
         .route("/readyz", get(|| async { "ok" }))
         .route(
             "/metrics",
-            get(|| async { runtime::telemetry::render_metrics() }),
+            get(|| async { runtime::telemetry::metrics_answer() }),
         )
 }
 

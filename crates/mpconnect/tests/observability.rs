@@ -78,8 +78,13 @@ async fn scrape(stack: &Stack) -> BTreeMap<&'static str, String> {
     let client = reqwest::Client::new();
     let mut bodies = BTreeMap::new();
     for (stage, url) in &stack.metrics_urls {
-        let body = client.get(url).send().await.unwrap().text().await.unwrap();
-        bodies.insert(*stage, body);
+        let answer = client.get(url).send().await.unwrap();
+        assert_eq!(
+            answer.headers()["content-type"],
+            runtime::telemetry::METRICS_CONTENT_TYPE,
+            "{stage} answers in Prometheus's text format"
+        );
+        bodies.insert(*stage, answer.text().await.unwrap());
     }
     bodies
 }

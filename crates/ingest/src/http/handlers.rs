@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prost::Message as _;
 use runtime::queue::attr as queue_attr;
@@ -78,11 +78,7 @@ pub async fn readyz(State(ingest): State<Ingest>) -> Response {
 }
 
 pub async fn metrics() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        runtime::telemetry::render_metrics(),
-    )
-        .into_response()
+    runtime::telemetry::metrics_answer().into_response()
 }
 
 async fn handle(

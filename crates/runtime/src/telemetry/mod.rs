@@ -39,6 +39,14 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
+/// The `Content-Type` of [`render_metrics`]: Prometheus's text exposition format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// A `/metrics` answer as headers and body, a pair every stage's HTTP server can answer with.
+pub fn metrics_answer() -> ([(&'static str, &'static str); 1], String) {
+    ([("content-type", METRICS_CONTENT_TYPE)], render_metrics())
+}
+
 /// The `/metrics` body: the stage's own families, then the process's CPU and memory.
 pub fn render_metrics() -> String {
     let mut body = metrics().render();
