@@ -41,8 +41,6 @@ pub enum Signal {
     TooManyRequests,
     /// 5xx, timeout, connection error: the destination is struggling.
     Overloaded,
-    /// Neither (e.g. a 400 about the data).
-    Neutral,
 }
 
 struct State {
@@ -223,7 +221,6 @@ impl Limiter {
                 Signal::Overloaded => {
                     state.concurrency = (state.concurrency / 2.0).max(1.0);
                 }
-                Signal::Neutral => {}
             }
         }
         self.publish();

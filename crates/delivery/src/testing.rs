@@ -56,7 +56,8 @@ pub struct LoggedRequest {
 }
 
 pub struct FakeState {
-    credentials: Mutex<(String, String)>,
+    /// The `Authorization` header that the key and secret make.
+    expected_authorization: String,
     pub behaviour: Mutex<Behaviour>,
     pub requests: Mutex<Vec<LoggedRequest>>,
     /// Accepted batches, as received.
@@ -105,7 +106,10 @@ impl FakeMparticle {
     pub fn serve(listener: tokio::net::TcpListener, key: &str, secret: &str) -> FakeMparticle {
         let addr = listener.local_addr().expect("bound");
         let state = Arc::new(FakeState {
-            credentials: Mutex::new((key.into(), secret.into())),
+            expected_authorization: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"))
+            ),
             behaviour: Mutex::new(Behaviour::default()),
             requests: Mutex::default(),
             accepted: Mutex::default(),
@@ -134,10 +138,6 @@ impl FakeMparticle {
 
     pub fn set(&self, change: impl FnOnce(&mut Behaviour)) {
         change(&mut self.state.behaviour.lock().unwrap());
-    }
-
-    pub fn set_credentials(&self, key: &str, secret: &str) {
-        *self.state.credentials.lock().unwrap() = (key.into(), secret.into());
     }
 
     pub fn accepted(&self) -> Vec<Value> {
@@ -255,12 +255,7 @@ fn check(
             error(401, "UNAUTHORIZED", "Authorization header missing"),
         );
     };
-    let (key, secret) = state.credentials.lock().unwrap().clone();
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"))
-    );
-    if authorization != expected {
+    if authorization != state.expected_authorization {
         return (403, 0, error(403, "FORBIDDEN", "invalid API key or secret"));
     }
     if bytes > MAX_REQUEST_BYTES {
