@@ -5,4 +5,4 @@
 pub mod http;
 pub mod s3;
 
-pub use http::{HttpSource, Ingest, IngestSettings};
+pub use http::{DEFAULT_MAX_BACKLOG, HttpSource, Ingest, IngestSettings};

@@ -107,8 +107,9 @@ pub struct Queues {
     /// SQS: the largest message (256 KiB on LocalStack; SQS takes 1 MiB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// Answer 429 past this backlog on the ingest queue.
-    pub max_backlog: Option<u64>,
+    /// Answer 429 past this backlog (messages) on the ingest queue; 0 for no bound.
+    #[serde(default = "default_max_backlog")]
+    pub max_backlog: u64,
 }
 
 fn default_backend() -> String {
@@ -119,6 +120,9 @@ fn default_ingest_queue() -> String {
 }
 fn default_ingest_dlq() -> String {
     "ingest-dead-letter".into()
+}
+fn default_max_backlog() -> u64 {
+    ingest::DEFAULT_MAX_BACKLOG
 }
 fn default_max_receives() -> u32 {
     10
@@ -135,7 +139,7 @@ impl Default for Queues {
             ingest_dead_letter: default_ingest_dlq(),
             max_receives: default_max_receives(),
             max_message_bytes: default_max_message_bytes(),
-            max_backlog: None,
+            max_backlog: default_max_backlog(),
         }
     }
 }
@@ -244,12 +248,14 @@ pub struct TransformConfig {
     /// (a headless Service in Kubernetes).
     #[serde(default = "default_delivery_addr")]
     pub delivery_endpoint: String,
+    /// Ingest-queue receive loops. Each round waits on the queue and on delivery, so a round
+    /// in flight per poller keeps two cores busy only with about a dozen of them.
     #[serde(default = "default_pollers")]
     pub pollers: usize,
 }
 
 fn default_pollers() -> usize {
-    4
+    12
 }
 
 impl Default for TransformConfig {

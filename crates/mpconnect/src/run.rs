@@ -2,6 +2,7 @@
 //! order (ingest stops taking requests, transform finishes what it holds, delivery flushes)
 //! within the grace period.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -150,8 +151,12 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
     let (stop_delivery, delivery_stopped) = stopper();
     let mut delivery_task = None;
     let mut delivery_addr = None;
+    let mut in_process_delivery = None;
     if runs(Target::Delivery) {
         let delivery = stages::delivery(&shared).await?;
+        if target == Target::All {
+            in_process_delivery = Some(delivery.clone());
+        }
         let listener = bind(&listen.delivery, "delivery (gRPC)").await?;
         delivery_addr = Some(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, "delivery listening (gRPC)");
@@ -174,8 +179,19 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
             (Target::All, Some(addr)) => addr.to_string(),
             _ => endpoint,
         };
-        let transform = stages::transform(&shared, stages::delivery_client(&endpoint)?).await?;
-        tracing::info!(delivery = %endpoint, "transform started");
+        // In `all`, the transform calls delivery's service directly: no loopback gRPC.
+        let client = match &in_process_delivery {
+            Some(delivery) => transform::DeliveryClient::in_process(
+                Arc::new(delivery.clone()),
+                stages::DELIVER_DEADLINE,
+            ),
+            None => stages::delivery_client(&endpoint)?,
+        };
+        let transform = stages::transform(&shared, client).await?;
+        match &in_process_delivery {
+            Some(_) => tracing::info!("transform started; delivery in this process"),
+            None => tracing::info!(delivery = %endpoint, "transform started"),
+        }
         if target == Target::Transform {
             let admin_listener =
                 bind(&listen.transform_admin, "transform's health and metrics").await?;

@@ -153,7 +153,7 @@ pub struct IngestStage {
 pub async fn ingest(shared: &Shared) -> anyhow::Result<IngestStage> {
     let (queue, dead_letter) = shared.ingest_queues().await?;
     let mut settings = IngestSettings {
-        max_backlog: shared.config.queues.max_backlog,
+        max_backlog: Some(shared.config.queues.max_backlog).filter(|&max| max > 0),
         ..IngestSettings::default()
     };
     let mut s3 = Vec::new();
@@ -214,6 +214,9 @@ pub async fn transform(shared: &Shared, client: DeliveryClient) -> anyhow::Resul
         .map_err(|problems| anyhow::anyhow!("the transform's settings: {}", problems.join("; ")))
 }
 
+/// How long the transform waits for delivery's answer to one call.
+pub const DELIVER_DEADLINE: Duration = Duration::from_secs(60);
+
 /// The transform's client for delivery at `host:port`, re-resolved every few seconds.
 pub fn delivery_client(endpoint: &str) -> anyhow::Result<DeliveryClient> {
     let (host, port) = endpoint
@@ -223,7 +226,7 @@ pub fn delivery_client(endpoint: &str) -> anyhow::Result<DeliveryClient> {
     Ok(DeliveryClient::balanced(
         transform::client::dns(host, port),
         Duration::from_secs(5),
-        Duration::from_secs(60),
+        DELIVER_DEADLINE,
     ))
 }
 

@@ -16,7 +16,7 @@ use runtime::{Message, Queue, QueueError, ReceiveOptions, Received, StageQueue};
 use schema::v1::{Batch, Outcome, RoutedBatch};
 
 use crate::client::{DeliveryClient, DeliveryError};
-use crate::dedupe::{DedupeSettings, DedupeWindow};
+use crate::dedupe::{DedupeSettings, DedupeWindow, Key};
 use crate::rules::Rules;
 
 /// Queue attributes the transform sets.
@@ -276,15 +276,15 @@ impl Transform {
         // Apply each connection's rules once, drop repeats per destination, group by destination.
         let mut by_destination: BTreeMap<String, Vec<RoutedBatch>> = BTreeMap::new();
         let mut answers: Vec<Vec<Option<Answer>>> = Vec::with_capacity(work.len());
-        let mut remember: Vec<Vec<(String, Vec<String>)>> = Vec::with_capacity(work.len());
+        let mut remember: Vec<Vec<(String, Vec<Key>)>> = Vec::with_capacity(work.len());
         // Keys already routed in this round: a repeat inside one round is a repeat too.
-        let mut in_round: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let seen = |key: &str, in_round: &std::collections::HashSet<String>| {
+        let mut in_round: std::collections::HashSet<Key> = std::collections::HashSet::new();
+        let seen = |key: &Key, in_round: &std::collections::HashSet<Key>| {
             in_round.contains(key) || inner.dedupe.contains(key)
         };
         for (m, (message, batch, routes)) in work.iter_mut().enumerate() {
             let mut per_route: Vec<Option<Answer>> = (0..routes.len()).map(|_| None).collect();
-            let mut keys_per_route: Vec<(String, Vec<String>)> =
+            let mut keys_per_route: Vec<(String, Vec<Key>)> =
                 vec![(String::new(), Vec::new()); routes.len()];
             let had_events = !batch.events.is_empty();
             // Summed over every route, for the message's span.
@@ -349,7 +349,7 @@ impl Transform {
                     let trace = &traces[m].1;
                     let mut all_keys = keys;
                     all_keys.extend(event_keys);
-                    in_round.extend(all_keys.iter().cloned());
+                    in_round.extend(all_keys.iter().copied());
                     keys_per_route[r] = (route.destination.clone(), all_keys);
                     by_destination
                         .entry(route.destination.clone())
@@ -451,9 +451,7 @@ impl Transform {
                 routes.iter().zip(per_route).zip(keys)
             {
                 match answer {
-                    Some(Answer::Answered) => inner
-                        .dedupe
-                        .insert_all(route_keys.iter().map(|k| k.as_str())),
+                    Some(Answer::Answered) => inner.dedupe.insert_all(&route_keys),
                     Some(Answer::Refused(e)) => refused.push(format!("{destination}: {e}")),
                     Some(Answer::Failed(e)) => {
                         tracing::debug!(destination, error = %e, "route not answered; it will be retried");
@@ -712,29 +710,29 @@ fn message_span(message: &Received) -> (tracing::Span, Option<TraceContext>) {
 /// Keys that mark a batch as already given to `destination`: the S3 source's batch id, the
 /// sender's `source_request_id`, and the queue message itself (a redelivery). Events have
 /// their own, from `source_message_id` ([`event_key`]).
-fn dedupe_keys(message: &Received, batch: &Batch, destination: &str) -> Vec<String> {
+fn dedupe_keys(message: &Received, batch: &Batch, destination: &str) -> Vec<Key> {
     let source = message
         .attributes
         .get(queue_attr::SOURCE)
         .map(String::as_str)
         .unwrap_or_default();
-    let mut keys = vec![format!("{destination}\u{1f}m:{}", message.message_id)];
+    let mut keys = vec![Key::of(&[destination, "m", &message.message_id])];
     if let Some(id) = message.attributes.get(attr::BATCH_ID) {
-        keys.push(format!("{destination}\u{1f}b:{id}"));
+        keys.push(Key::of(&[destination, "b", id]));
     }
     if let Some(id) = &batch.source_request_id {
-        keys.push(format!("{destination}\u{1f}r:{source}:{id}"));
+        keys.push(Key::of(&[destination, "r", source, id]));
     }
     keys
 }
 
-fn event_key(destination: &str, message: &Received, id: &str) -> String {
+fn event_key(destination: &str, message: &Received, id: &str) -> Key {
     let source = message
         .attributes
         .get(queue_attr::SOURCE)
         .map(String::as_str)
         .unwrap_or_default();
-    format!("{destination}\u{1f}e:{source}:{id}")
+    Key::of(&[destination, "e", source, id])
 }
 
 /// Keeps a round's messages invisible while delivery works; stops when dropped.

@@ -11,5 +11,5 @@ pub mod testing;
 
 pub use client::{DeliveryClient, DeliveryError, Resolve};
 pub use consumer::{Connection, Transform, TransformSettings, TransformStats, attr};
-pub use dedupe::{DedupeSettings, DedupeWindow};
+pub use dedupe::{DedupeSettings, DedupeWindow, Key as DedupeKey};
 pub use rules::Rules;

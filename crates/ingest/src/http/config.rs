@@ -16,6 +16,11 @@ pub struct HttpSource {
     pub api_secret: Secret,
 }
 
+/// The default bound on the ingest queue's backlog: 10,000 batches is a few seconds of work
+/// at full speed and about 100 MB of the embedded queue's disk for ~1 KB events, so a stalled
+/// pipeline pushes back long before a disk fills.
+pub const DEFAULT_MAX_BACKLOG: u64 = 10_000;
+
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
     pub sources: Vec<HttpSource>,
@@ -25,10 +30,15 @@ pub struct IngestSettings {
     pub max_batch_bytes: usize,
     /// Most batches in one bulk request (mParticle: 100).
     pub max_batches: usize,
-    /// Past this backlog on the ingest queue, answer 429 so senders slow down.
+    /// Past this backlog on the ingest queue (messages, one a batch), answer 429 so senders
+    /// slow down; `None` for no bound (the queue and its disk may then grow until they fill).
     pub max_backlog: Option<u64>,
     /// The `Retry-After` of 429 and 503 answers.
     pub retry_after: Duration,
+    /// Past `max_backlog`, how long a request waits for the backlog to fall before it is
+    /// answered 429: a short wait keeps a busy pipeline fed at its own pace, where an
+    /// immediate 429 would idle every sender for `retry_after`.
+    pub backlog_wait: Duration,
     /// How often the backlog is read.
     pub backlog_refresh: Duration,
 }
@@ -40,9 +50,10 @@ impl Default for IngestSettings {
             max_request_bytes: limits::MAX_REQUEST_BYTES,
             max_batch_bytes: limits::MAX_BATCH_BYTES,
             max_batches: limits::MAX_BATCHES_PER_REQUEST,
-            max_backlog: None,
-            retry_after: Duration::from_secs(5),
-            backlog_refresh: Duration::from_secs(2),
+            max_backlog: Some(DEFAULT_MAX_BACKLOG),
+            retry_after: Duration::from_secs(2),
+            backlog_wait: Duration::from_secs(1),
+            backlog_refresh: Duration::from_millis(500),
         }
     }
 }

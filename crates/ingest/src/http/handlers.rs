@@ -133,9 +133,10 @@ async fn accept(
     };
     source_label.clone_from(&source.id);
 
-    // Before reading the body: a backed-up pipeline is told so at once.
+    // Before reading the body: past the bound, wait a little for the backlog to fall, then
+    // tell the sender to come back later.
     if let Some(max) = settings.max_backlog
-        && ingest.backlog() > max
+        && !ingest.backlog_below(max).await
     {
         return Err(ApiError::too_many_requests(ingest.retry_after()));
     }
@@ -226,6 +227,7 @@ async fn accept(
         }
         return Err(ApiError::unavailable(ingest.retry_after()));
     }
+    ingest.queued(count);
     for span in &spans {
         span.record("outcome", "queued");
     }

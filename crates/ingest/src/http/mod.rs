@@ -18,7 +18,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use runtime::{Queue, StageQueue};
 
-pub use config::{HttpSource, IngestSettings};
+pub use config::{DEFAULT_MAX_BACKLOG, HttpSource, IngestSettings};
 pub use error::ApiError;
 
 /// Queue attributes ingest sets beside the shared ones in `runtime::queue::attr`.
@@ -64,6 +64,9 @@ struct Inner {
     /// The queue's backlog, refreshed in the background (asking SQS per request would cost
     /// a round trip per request).
     backlog: AtomicU64,
+    /// Batches queued since the backlog was last read: added to it, so a burst between two
+    /// reads is seen at once.
+    queued_since_read: AtomicU64,
 }
 
 impl Ingest {
@@ -80,6 +83,7 @@ impl Ingest {
                 queue,
                 dead_letter,
                 backlog: AtomicU64::new(0),
+                queued_since_read: AtomicU64::new(0),
             }),
         }
     }
@@ -111,6 +115,7 @@ impl Ingest {
                     Ok(depth) => {
                         let backlog = depth.visible + depth.delayed;
                         this.inner.backlog.store(backlog, Ordering::Relaxed);
+                        this.inner.queued_since_read.store(0, Ordering::Relaxed);
                         metrics::gauge!("mpconnect_queue_depth", "queue" => "ingest", "state" => "visible")
                             .set(depth.visible as f64);
                         metrics::gauge!("mpconnect_queue_depth", "queue" => "ingest", "state" => "in_flight")
@@ -140,6 +145,27 @@ impl Ingest {
 
     fn backlog(&self) -> u64 {
         self.inner.backlog.load(Ordering::Relaxed)
+            + self.inner.queued_since_read.load(Ordering::Relaxed)
+    }
+
+    /// Whether the backlog is at most `max`, now or within the backlog wait.
+    async fn backlog_below(&self, max: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + self.inner.settings.backlog_wait;
+        loop {
+            if self.backlog() <= max {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn queued(&self, batches: usize) {
+        self.inner
+            .queued_since_read
+            .fetch_add(batches as u64, Ordering::Relaxed);
     }
 
     /// How long a sender should wait after a 429 or 503.

@@ -76,15 +76,15 @@ fn writer(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
             // Dropping the jobs unrun tells each caller it failed.
             tracing::error!(error = %e, jobs = batch.len(), "embedded queue: cannot begin a transaction");
             continue;
         }
         let finishers: Vec<Finish> = batch.into_iter().map(|job| job(&conn)).collect();
-        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let committed = run_cached(&conn, "COMMIT").map_err(|e| e.to_string());
         if committed.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = run_cached(&conn, "ROLLBACK");
         }
         for finish in finishers {
             finish(committed.clone());
@@ -140,6 +140,9 @@ impl EmbeddedDb {
              PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864; {SCHEMA}"
         ))
         .map_err(db_error)?;
+        // Every statement the writer runs stays prepared (the default cache of 16 is smaller
+        // than the set, and a miss re-parses the SQL).
+        conn.set_prepared_statement_cache_capacity(64);
         let checkpoints = Connection::open(path).map_err(db_error)?;
         checkpoints
             .execute_batch("PRAGMA busy_timeout = 5000")
@@ -235,19 +238,23 @@ impl EmbeddedDb {
     }
 }
 
+/// Runs a statement from the connection's cache: the writer runs the same few control
+/// statements for every job, and parsing them each time cost more than running them.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 /// Runs one job so that its failure undoes only its own changes.
 fn in_savepoint<T>(
     conn: &Connection,
     work: impl FnOnce(&Connection) -> Result<T, QueueError>,
 ) -> Result<T, QueueError> {
-    conn.execute_batch("SAVEPOINT job").map_err(db_error)?;
+    run_cached(conn, "SAVEPOINT job").map_err(db_error)?;
     let result = work(conn);
-    let end = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
-    conn.execute_batch(end).map_err(db_error)?;
+    if result.is_err() {
+        run_cached(conn, "ROLLBACK TO job").map_err(db_error)?;
+    }
+    run_cached(conn, "RELEASE job").map_err(db_error)?;
     result
 }
 
@@ -357,12 +364,9 @@ fn receive_now(
         }
     }
     let next_visible = if out.is_empty() {
-        tx.query_row(
-            "SELECT MIN(visible_at) FROM messages WHERE queue = ?1",
-            params![queue],
-            |r| r.get::<_, Option<i64>>(0),
-        )
-        .map_err(db_error)?
+        tx.prepare_cached("SELECT MIN(visible_at) FROM messages WHERE queue = ?1")
+            .and_then(|mut s| s.query_row(params![queue], |r| r.get::<_, Option<i64>>(0)))
+            .map_err(db_error)?
     } else {
         None
     };

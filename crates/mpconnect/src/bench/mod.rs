@@ -1,0 +1,463 @@
+//! `mpconnect bench`: the end-to-end benchmark. It starts `mpconnect all` (this same binary)
+//! on a benchmark config, drives it with a load generator over keep-alive connections, has it
+//! deliver to a counting mParticle-compatible receiver, and measures in the same run the floor:
+//! `serde_json::Value` parse + serialise of the same bodies on one core. Figures, not asserts.
+
+mod load;
+mod payload;
+mod receiver;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use base64::Engine as _;
+
+use load::{LoadCounts, percentile};
+use payload::Payload;
+use receiver::Receiver;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// How long the load runs, warm-up included.
+    #[arg(long, default_value_t = 25)]
+    seconds: u64,
+    /// Left out of the sustained figures: start-up, first allocations, the first backlog.
+    #[arg(long, default_value_t = 5)]
+    warmup: u64,
+    /// After the load: how long to wait for delivery to catch up.
+    #[arg(long, default_value_t = 90)]
+    drain_timeout: u64,
+    /// Batches per request and events per batch.
+    #[arg(long, default_value_t = 10)]
+    batches: usize,
+    #[arg(long, default_value_t = 10)]
+    events: usize,
+    /// Bytes per event the generated bodies average.
+    #[arg(long, default_value_t = 1100)]
+    event_bytes: usize,
+    /// Extra TOML appended to the benchmark config (e.g. `[queues]` settings).
+    #[arg(long)]
+    extra_config: Option<PathBuf>,
+    /// Export traces to this OTLP endpoint during the run (tracing's cost).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Keep the data directory and logs (printed at the end).
+    #[arg(long)]
+    keep: bool,
+}
+
+/// One reading of the mpconnect process and the counters.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    at: Duration,
+    accepted: u64,
+    delivered: u64,
+    cpu_ticks: u64,
+    rss_kb: u64,
+    /// The machine's busy and total ticks, every core.
+    machine: (u64, u64),
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let payload = Arc::new(Payload::new(args.batches, args.events, args.event_bytes)?);
+    println!(
+        "payload: {} batches x {} events, {} bytes a request ({} an event), fresh ids per request",
+        args.batches,
+        args.events,
+        payload.len(),
+        payload.len() / payload.events.max(1)
+    );
+
+    // The floor first, on one core, while nothing else runs.
+    let floor = {
+        let payload = payload.clone();
+        tokio::task::spawn_blocking(move || floor(&payload, Duration::from_secs(3))).await?
+    };
+    println!("floor: serde_json::Value parse + serialise, 1 core, best of 5: {floor:.0} events/s");
+
+    let dir = tempfile::Builder::new()
+        .prefix("mpconnect-bench-")
+        .tempdir()?;
+    let started = Instant::now();
+    let receiver_auth = basic("bench-mp-key", "bench-mp-secret");
+    let receiver = Receiver::new(started, receiver_auth);
+    let receiver_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiver_addr = receiver_listener.local_addr()?;
+    let router = receiver.router();
+    tokio::spawn(async move { axum::serve(receiver_listener, router).await });
+
+    let ingest_addr = free_port()?;
+    let config = bench_config(
+        dir.path(),
+        &ingest_addr,
+        &free_port()?,
+        &receiver_addr.to_string(),
+        &args,
+    )?;
+    let config_path = dir.path().join("bench.toml");
+    std::fs::write(&config_path, config)?;
+    let log_path = dir.path().join("mpconnect.log");
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .args(["all", "--config"])
+        .arg(&config_path)
+        .args(["--log-format", "text"])
+        .stdout(std::fs::File::create(dir.path().join("mpconnect.out"))?)
+        .stderr(std::fs::File::create(&log_path)?)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    if let Some(endpoint) = &args.otlp_endpoint {
+        command.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+    }
+    let mut child = command.spawn().context("starting mpconnect all")?;
+    let pid = child.id();
+    let result = drive(&args, payload, &receiver, &ingest_addr, pid, floor).await;
+    // SIGTERM for a clean drain; SIGKILL if it does not go.
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait()?.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if args.keep {
+        println!("kept: {}", dir.keep().display());
+    } else if result.is_err() {
+        eprintln!(
+            "mpconnect's log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+    result
+}
+
+async fn drive(
+    args: &Args,
+    payload: Arc<Payload>,
+    receiver: &Arc<Receiver>,
+    ingest_addr: &str,
+    pid: u32,
+    floor: f64,
+) -> anyhow::Result<()> {
+    let health = format!("http://{ingest_addr}/healthz");
+    let client = reqwest::Client::new();
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while client.get(&health).send().await.is_err() {
+        anyhow::ensure!(
+            Instant::now() < ready_by,
+            "mpconnect all did not start in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let counts = Arc::new(LoadCounts::default());
+    let t0 = Instant::now();
+    let load_end = t0 + Duration::from_secs(args.seconds);
+    let warm = Duration::from_secs(args.warmup.min(args.seconds.saturating_sub(1)));
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<Sample>::new()));
+    let sampler = {
+        let (samples, counts, receiver) = (samples.clone(), counts.clone(), receiver.clone());
+        tokio::spawn(async move {
+            loop {
+                let (cpu_ticks, rss_kb) = process_reading(pid);
+                let sample = Sample {
+                    at: t0.elapsed(),
+                    accepted: counts.accepted_events.load(Ordering::Relaxed),
+                    delivered: receiver.delivered_events(),
+                    cpu_ticks,
+                    rss_kb,
+                    machine: machine_ticks(),
+                };
+                samples
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(sample);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let url = format!("http://{ingest_addr}/v2/bulkevents");
+    let loaded = load::run(
+        url,
+        basic("bench-key", "bench-secret"),
+        payload,
+        args.connections,
+        load_end,
+        counts.clone(),
+    )
+    .await?;
+    let load_secs = t0.elapsed().as_secs_f64();
+    let accepted = counts.accepted_events.load(Ordering::Relaxed);
+
+    // Then wait for the backlog to be delivered.
+    let drain_by = Instant::now() + Duration::from_secs(args.drain_timeout);
+    let mut last = (receiver.delivered_events(), Instant::now());
+    while receiver.delivered_events() < accepted && Instant::now() < drain_by {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = receiver.delivered_events();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sampler.abort();
+    let (end_ticks, end_rss) = process_reading(pid);
+    let peak_rss_kb = peak_rss_kb(pid);
+    let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+
+    let rc = &receiver.counts;
+    let delivered = rc.events.load(Ordering::Relaxed);
+    let unique = delivered - rc.duplicate_events.load(Ordering::Relaxed);
+    let at = |t: Duration| {
+        samples
+            .iter()
+            .find(|s| s.at >= t)
+            .copied()
+            .or_else(|| samples.last().copied())
+            .unwrap_or_default()
+    };
+    let (from, to) = (at(warm), at(Duration::from_secs_f64(load_secs)));
+    let window = (to.at - from.at).as_secs_f64().max(1e-9);
+    let sustained_delivered = (to.delivered - from.delivered) as f64 / window;
+    let sustained_accepted = (to.accepted - from.accepted) as f64 / window;
+    let last_delivery = receiver.started + Duration::from_nanos(rc.last_ns.load(Ordering::Relaxed));
+    let overall = delivered as f64
+        / last_delivery
+            .saturating_duration_since(t0)
+            .as_secs_f64()
+            .max(1e-9);
+    let steady: Vec<u64> = {
+        let mut v: Vec<u64> = samples
+            .iter()
+            .filter(|s| s.at >= from.at && s.at <= to.at)
+            .map(|s| s.rss_kb)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let steady_rss = steady.get(steady.len() / 2).copied().unwrap_or(end_rss);
+    let first_ticks = samples.first().map_or(0, |s| s.cpu_ticks);
+    let cpu_secs = (end_ticks.saturating_sub(first_ticks)) as f64 / ticks_per_second();
+    let backlog_at_end = to.accepted.saturating_sub(to.delivered);
+    let max_backlog = samples
+        .iter()
+        .map(|s| s.accepted.saturating_sub(s.delivered))
+        .max()
+        .unwrap_or(0);
+
+    let busy =
+        (to.machine.0 - from.machine.0) as f64 / ((to.machine.1 - from.machine.1) as f64).max(1.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mpconnect_cores = (to.cpu_ticks - from.cpu_ticks) as f64 / ticks_per_second() / window;
+    let lat = &loaded.latencies_us;
+    println!();
+    println!(
+        "mpconnect all, embedded queue, {} connections, {} s load ({} s warm-up), load generator and receiver on the same cores",
+        args.connections,
+        args.seconds,
+        warm.as_secs()
+    );
+    println!(
+        "  accepted (202, durable)      {:>10.0} events/s sustained   {accepted} events in all",
+        sustained_accepted
+    );
+    println!(
+        "  delivered                    {:>10.0} events/s sustained   ({:.2}x the floor)",
+        sustained_delivered,
+        sustained_delivered / floor
+    );
+    println!(
+        "  delivered, first request to last delivery {:>8.0} events/s",
+        overall
+    );
+    println!("  floor (1 core)               {:>10.0} events/s", floor);
+    println!(
+        "  requests: 202 {}  429 {}  503 {}  other {}  errors {}",
+        counts.accepted_requests.load(Ordering::Relaxed),
+        counts.throttled.load(Ordering::Relaxed),
+        counts.unavailable.load(Ordering::Relaxed),
+        counts.other.load(Ordering::Relaxed),
+        counts.errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "  latency: p50 {:.1} ms  p99 {:.1} ms",
+        percentile(lat, 0.5) as f64 / 1000.0,
+        percentile(lat, 0.99) as f64 / 1000.0
+    );
+    println!(
+        "  backlog (accepted - delivered): at the end of the load {backlog_at_end} events, at most {max_backlog}"
+    );
+    println!(
+        "  delivered {delivered} events ({unique} unique, {} repeated), accepted {accepted}, missing {}",
+        delivered - unique,
+        accepted.saturating_sub(unique)
+    );
+    println!(
+        "  receiver: {} requests, {} batches, malformed {}, over limits {}, unauthorized {}",
+        rc.requests.load(Ordering::Relaxed),
+        rc.batches.load(Ordering::Relaxed),
+        rc.malformed.load(Ordering::Relaxed),
+        rc.over_limits.load(Ordering::Relaxed),
+        rc.unauthorized.load(Ordering::Relaxed)
+    );
+    println!(
+        "  mpconnect CPU: {:.2} s per 100k events delivered ({:.1} s in all)",
+        cpu_secs / (delivered.max(1) as f64) * 100_000.0,
+        cpu_secs
+    );
+    println!(
+        "  sustained window: machine {:.0}% busy of {cores} cores; mpconnect used {:.2} cores",
+        busy * 100.0,
+        mpconnect_cores
+    );
+    println!(
+        "  mpconnect RSS: peak {:.0} MB, steady {:.0} MB",
+        peak_rss_kb as f64 / 1024.0,
+        steady_rss as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Events per second that `serde_json::Value` parses and serialises again, on one core: the
+/// best of several slices, as the least disturbed by anything else on the machine.
+fn floor(payload: &Payload, for_at_least: Duration) -> f64 {
+    let bodies: Vec<Vec<u8>> = (0..16).map(|_| payload.body()).collect();
+    let slices = 5;
+    let mut best = 0f64;
+    let mut bytes = 0usize;
+    for _ in 0..slices {
+        let started = Instant::now();
+        let mut events = 0usize;
+        while started.elapsed() < for_at_least / slices {
+            for body in &bodies {
+                let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                bytes += serde_json::to_vec(&value).map_or(0, |v| v.len());
+                events += payload.events;
+            }
+        }
+        best = best.max(events as f64 / started.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(bytes);
+    best
+}
+
+fn basic(key: &str, secret: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"))
+    )
+}
+
+fn free_port() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+fn bench_config(
+    dir: &Path,
+    ingest: &str,
+    delivery: &str,
+    receiver: &str,
+    args: &Args,
+) -> anyhow::Result<String> {
+    let mut config = format!(
+        r#"data_dir = {data:?}
+
+[listen]
+ingest = "{ingest}"
+delivery = "{delivery}"
+
+[telemetry]
+log_level = "warn"
+
+[[sources]]
+id = "bench"
+kind = "http"
+api_key = "bench-key"
+api_secret = "bench-secret"
+
+[[destinations]]
+id = "mp"
+kind = "mparticle"
+base_url = "http://{receiver}/v2"
+api_key = "bench-mp-key"
+api_secret = "bench-mp-secret"
+rate_limit = 0
+
+[[connections]]
+id = "bench"
+source = "bench"
+destinations = ["mp"]
+"#,
+        data = dir.join("data").display().to_string(),
+    );
+    if let Some(extra) = &args.extra_config {
+        config.push('\n');
+        config.push_str(&std::fs::read_to_string(extra)?);
+    }
+    Ok(config)
+}
+
+/// CPU ticks (user + system) and resident memory (kB) of a process, from `/proc`.
+fn process_reading(pid: u32) -> (u64, u64) {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which sits in parentheses and may hold spaces.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    (ticks, status_kb(pid, "VmRSS:"))
+}
+
+/// Busy and total ticks of the whole machine, from the first line of `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn peak_rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:")
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Linux's USER_HZ, which `/proc/<pid>/stat` counts in: 100 on every mainstream kernel.
+fn ticks_per_second() -> f64 {
+    100.0
+}
