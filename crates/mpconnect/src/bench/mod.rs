@@ -4,6 +4,7 @@
 //! `serde_json::Value` parse + serialise of the same bodies on one core. Figures, not asserts.
 
 mod load;
+mod otlp_sink;
 mod payload;
 mod receiver;
 
@@ -44,9 +45,10 @@ pub struct Args {
     /// Extra TOML appended to the benchmark config (e.g. `[queues]` settings).
     #[arg(long)]
     extra_config: Option<PathBuf>,
-    /// Export traces to this OTLP endpoint during the run (tracing's cost).
+    /// Then run again with traces exported (OTLP, to a counting sink in the benchmark) and
+    /// print what tracing costs.
     #[arg(long)]
-    otlp_endpoint: Option<String>,
+    tracing: bool,
     /// Keep the data directory and logs (printed at the end).
     #[arg(long)]
     keep: bool,
@@ -81,6 +83,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     println!("floor: serde_json::Value parse + serialise, 1 core, best of 5: {floor:.0} events/s");
 
+    let plain = pass(&args, payload.clone(), floor, None).await?;
+    if args.tracing {
+        let sink = Arc::new(otlp_sink::OtlpSink::default());
+        let endpoint = otlp_sink::start(sink.clone()).await?;
+        let traced = pass(&args, payload, floor, Some(&endpoint)).await?;
+        let spans = sink.spans.load(Ordering::Relaxed);
+        println!();
+        println!(
+            "tracing on (OTLP to a counting sink, default sampling): {traced:.0} against {plain:.0} events/s delivered, {:.1}% less; {spans} spans received",
+            (1.0 - traced / plain.max(1e-9)) * 100.0
+        );
+    }
+    Ok(())
+}
+
+/// One run of `mpconnect all` under load; returns the sustained delivered events/s.
+async fn pass(
+    args: &Args,
+    payload: Arc<Payload>,
+    floor: f64,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<f64> {
     let dir = tempfile::Builder::new()
         .prefix("mpconnect-bench-")
         .tempdir()?;
@@ -90,7 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let receiver_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let receiver_addr = receiver_listener.local_addr()?;
     let router = receiver.router();
-    tokio::spawn(async move { axum::serve(receiver_listener, router).await });
+    let served = tokio::spawn(async move { axum::serve(receiver_listener, router).await });
 
     let ingest_addr = free_port()?;
     let config = bench_config(
@@ -98,7 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &ingest_addr,
         &free_port()?,
         &receiver_addr.to_string(),
-        &args,
+        args,
     )?;
     let config_path = dir.path().join("bench.toml");
     std::fs::write(&config_path, config)?;
@@ -111,12 +135,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .stdout(std::fs::File::create(dir.path().join("mpconnect.out"))?)
         .stderr(std::fs::File::create(&log_path)?)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
-    if let Some(endpoint) = &args.otlp_endpoint {
+    if let Some(endpoint) = otlp_endpoint {
         command.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
     }
     let mut child = command.spawn().context("starting mpconnect all")?;
     let pid = child.id();
-    let result = drive(&args, payload, &receiver, &ingest_addr, pid, floor).await;
+    let what = if otlp_endpoint.is_some() {
+        "tracing on"
+    } else {
+        "tracing off"
+    };
+    let result = drive(args, payload, &receiver, &ingest_addr, pid, floor, what).await;
     // SIGTERM for a clean drain; SIGKILL if it does not go.
     let _ = std::process::Command::new("kill")
         .arg(pid.to_string())
@@ -127,6 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = child.kill();
     let _ = child.wait();
+    served.abort();
     if args.keep {
         println!("kept: {}", dir.keep().display());
     } else if result.is_err() {
@@ -145,7 +175,8 @@ async fn drive(
     ingest_addr: &str,
     pid: u32,
     floor: f64,
-) -> anyhow::Result<()> {
+    what: &str,
+) -> anyhow::Result<f64> {
     let health = format!("http://{ingest_addr}/healthz");
     let client = reqwest::Client::new();
     let ready_by = Instant::now() + Duration::from_secs(30);
@@ -261,7 +292,7 @@ async fn drive(
     let lat = &loaded.latencies_us;
     println!();
     println!(
-        "mpconnect all, embedded queue, {} connections, {} s load ({} s warm-up), load generator and receiver on the same cores",
+        "mpconnect all ({what}), embedded queue, {} connections, {} s load ({} s warm-up), load generator and receiver on the same cores",
         args.connections,
         args.seconds,
         warm.as_secs()
@@ -324,7 +355,7 @@ async fn drive(
         peak_rss_kb as f64 / 1024.0,
         steady_rss as f64 / 1024.0
     );
-    Ok(())
+    Ok(sustained_delivered)
 }
 
 /// Events per second that `serde_json::Value` parses and serialises again, on one core: the
