@@ -287,6 +287,32 @@ impl Destination {
 
     /// One attempt at the destination, within the attempt timeout.
     async fn attempt(&self, batches: &[RoutedBatch]) -> Vec<Answer> {
+        // A driver that reads content gets pass-through batches in full; the originals (the
+        // sender's exact bytes) stay what is parked or dead-lettered.
+        let materialized;
+        let batches = if !self.driver.takes_pass_through()
+            && batches
+                .iter()
+                .any(|b| b.batch.as_ref().is_some_and(schema::is_pass_through))
+        {
+            materialized = batches
+                .iter()
+                .map(|b| {
+                    let mut b = b.clone();
+                    if let Some(batch) = &mut b.batch
+                        && let Err(e) = schema::materialize(batch)
+                    {
+                        // Answered "no batch" (refused) by the driver; kept whole as a dead letter.
+                        tracing::error!(destination = self.id(), error = %e, "a pass-through batch does not decode");
+                        b.batch = None;
+                    }
+                    b
+                })
+                .collect::<Vec<_>>();
+            &materialized[..]
+        } else {
+            batches
+        };
         // Requests that started are let finish (each has its own timeout) so their answers
         // are not lost; the outer bound is only a safety net against a stuck driver.
         let deadline = Instant::now() + self.settings.attempt_timeout;

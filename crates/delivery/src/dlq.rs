@@ -120,7 +120,11 @@ impl DeadLetter {
             .batch
             .batch
             .as_ref()
-            .map(|b| schema::encode_batch(b, schema::Dialect::Outbound))
+            .and_then(|b| {
+                let mut full = b.clone();
+                schema::materialize(&mut full).ok()?;
+                Some(schema::encode_batch(&full, schema::Dialect::Outbound))
+            })
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or(serde_json::Value::Null);
         let mut record = self.record();

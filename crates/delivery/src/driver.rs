@@ -104,6 +104,12 @@ pub trait Driver: Send + Sync + 'static {
     /// probed.
     fn reload_credentials(&self) {}
 
+    /// Whether it sends pass-through batches (`Batch.inbound_json`) as they are. Those that do
+    /// not get every batch in full.
+    fn takes_pass_through(&self) -> bool {
+        false
+    }
+
     /// Writes out anything buffered (at shutdown).
     fn flush(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

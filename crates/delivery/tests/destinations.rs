@@ -74,6 +74,31 @@ async fn the_file_destination_writes_ndjson_rolled_by_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_through_batch_is_written_in_full_by_a_driver_that_reads_content() {
+    let out = tempfile::tempdir().unwrap();
+    let driver: Arc<dyn Driver> = Arc::new(FileDriver::new(FileSettings::new(out.path())).unwrap());
+    let stage = Stage::start(vec![(quick("file"), driver)]).await;
+    let full = batch(5, "through-1", 2);
+    let json = schema::encode_batch(&full, schema::Dialect::Inbound);
+    let through = schema::pass_through(&full, &json).unwrap();
+    let outcomes = stage.deliver("file", vec![routed(through)]).await;
+    assert_eq!(count(&outcomes, Outcome::Delivered), 1);
+    let file = std::fs::read_dir(out.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(file).unwrap();
+    let written = schema::decode_batch(text.trim_end().as_bytes()).unwrap();
+    assert_eq!(
+        written, full,
+        "the whole batch, not the ids beside its bytes"
+    );
+    stage.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_s3_destination_writes_mparticles_layout_to_a_real_bucket() {
     let (_, s3) = runtime::testing::moto_clients().await;
     let bucket = runtime::testing::unique("export");

@@ -466,6 +466,44 @@ async fn a_bad_batch_in_a_bulk_request_costs_none_of_the_others() {
 }
 
 #[tokio::test]
+async fn events_api_batches_are_queued_as_the_senders_bytes_unless_read_with_a_change() {
+    let server = start(settings()).await;
+    let as_sent = batch_json("as-sent");
+    let changed = r#"{"environment":"production","source_request_id":"changed",
+        "user_identities":{"customerid":"c1"},"events":[]}"#;
+    let body = format!("[{as_sent},{changed}]");
+    assert_eq!(post("/v2/bulkevents", &server, body).await.status(), 202);
+    let mut queued = decode_as_queued(&drain(&server.queue).await);
+    queued.sort_by(|a, b| a.source_request_id.cmp(&b.source_request_id));
+    assert_eq!(queued.len(), 2);
+    assert_eq!(queued[0].inbound_json, as_sent.as_bytes(), "byte for byte");
+    assert_eq!(queued[0].events.len(), 1);
+    // `customerid` is read as `customer_id`: that batch travels as what it was read as.
+    assert!(!schema::is_pass_through(&queued[1]));
+    assert_eq!(
+        queued[1].user_identities.as_ref().unwrap().values[0]
+            .identity_type
+            .as_deref(),
+        Some("customer_id")
+    );
+    // The webhook's outbound dialect is always read in full.
+    let webhook = r#"{"environment":"production","source_request_id":"hook","events":[]}"#;
+    let answer = client()
+        .post(server.url("/webhook/web"))
+        .header("authorization", KEY)
+        .header("content-type", "application/json")
+        .body(webhook)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let queued = decode_as_queued(&drain(&server.queue).await);
+    assert_eq!(queued.len(), 1);
+    assert!(!schema::is_pass_through(&queued[0]));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_backed_up_queue_answers_429_with_retry_after() {
     let settings = IngestSettings {
         max_backlog: Some(5),

@@ -180,11 +180,19 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
             &[("destination", "mp"), ("outcome", "dead_lettered")],
         );
         let arrived: BTreeSet<String> = stack.fake.request_ids().into_iter().collect();
-        if dead >= 3.0 && good.is_subset(&arrived) {
+        // And the transform has ended every message it received (its last acks and retries
+        // are calls to SQS after delivery answered).
+        let transform_messages =
+            |outcome| metric(&metrics["transform"], "mpconnect_transform_messages_total", &[("outcome", outcome)]);
+        let unsettled = transform_messages("received")
+            - transform_messages("answered")
+            - transform_messages("dead_lettered")
+            - transform_messages("retried");
+        if dead >= 3.0 && good.is_subset(&arrived) && unsettled == 0.0 {
             return Ok(metrics);
         }
         Err(format!(
-            "the run did not settle: {dead} dead-lettered, {} of {} arrived",
+            "the run did not settle: {dead} dead-lettered, {} of {} arrived, {unsettled} messages in the transform",
             good.intersection(&arrived).count(),
             good.len()
         ))

@@ -49,6 +49,14 @@ pub fn parse_batch(json: &[u8]) -> Result<v1::Batch, serde_json::Error> {
     Ok(batch)
 }
 
+/// As [`parse_batch`], and whether the batch is as sent: `false` when reading it changed a
+/// value's form (an int64 as a string, `customerid`), so its encoding, not its bytes, is what
+/// it means to the Events API.
+pub fn parse_batch_as_sent(json: &[u8]) -> Result<(v1::Batch, bool), serde_json::Error> {
+    let (batch, normalised) = json::noting_normalisation(|| parse_batch(json));
+    Ok((batch?, !normalised))
+}
+
 /// Reads a body that is one batch object or an array of them, without validating.
 pub fn parse_batches(json: &[u8]) -> Result<Vec<v1::Batch>, serde_json::Error> {
     let mut d = serde_json::Deserializer::from_slice(json);
@@ -123,6 +131,75 @@ pub fn strip_for_events_api(batch: &mut v1::Batch) {
         event.message_id = None;
         event.message_type = None;
     }
+}
+
+/// Whether the batch carries members of mParticle's outbound dialect that its Events API does
+/// not take (they come from mParticle's own outputs): [`strip_for_events_api`] removes them.
+pub fn has_outbound_only_fields(batch: &v1::Batch) -> bool {
+    batch.message_type.is_some()
+        || batch.message_id.is_some()
+        || batch.unique_id.is_some()
+        || batch.system_notifications.is_some()
+        || batch
+            .events
+            .iter()
+            .any(|e| e.message_id.is_some() || e.message_type.is_some())
+}
+
+/// The pass-through form of a validated inbound-dialect batch (see `Batch.inbound_json`):
+/// `json` as it came, with only the ids routing needs beside it. Only for a batch read as sent
+/// ([`parse_batch_as_sent`]); `None` when it has members the Events API does not take, which
+/// must be stripped on the way out.
+pub fn pass_through(batch: &v1::Batch, json: &[u8]) -> Option<v1::Batch> {
+    if has_outbound_only_fields(batch) {
+        return None;
+    }
+    Some(v1::Batch {
+        source_request_id: batch.source_request_id.clone(),
+        events: batch
+            .events
+            .iter()
+            .map(|e| v1::Event {
+                source_message_id: e.source_message_id.clone(),
+                ..v1::Event::default()
+            })
+            .collect(),
+        inbound_json: json.to_vec(),
+        ..v1::Batch::default()
+    })
+}
+
+/// Whether the batch is in its pass-through form (only ids beside the sender's JSON).
+pub fn is_pass_through(batch: &v1::Batch) -> bool {
+    !batch.inbound_json.is_empty()
+}
+
+/// Turns a pass-through batch into the full batch its JSON holds, keeping only the events the
+/// pass-through form still lists (by position: events dropped from it are dropped here too,
+/// matched by `source_message_id`). A full batch is left as it is.
+pub fn materialize(batch: &mut v1::Batch) -> Result<(), DecodeError> {
+    if batch.inbound_json.is_empty() {
+        return Ok(());
+    }
+    let mut full = decode_batch(&batch.inbound_json)?;
+    let kept = &batch.events;
+    if kept.len() != full.events.len() {
+        // Only events with ids are ever dropped; keep those still listed, in order.
+        let mut listed = kept
+            .iter()
+            .map(|e| e.source_message_id.as_deref())
+            .peekable();
+        full.events.retain(|e| {
+            if listed.peek() == Some(&e.source_message_id.as_deref()) {
+                listed.next();
+                true
+            } else {
+                false
+            }
+        });
+    }
+    *batch = full;
+    Ok(())
 }
 
 /// Checks and data shared by the fuzz target, the tests and the benchmarks.

@@ -301,7 +301,15 @@ impl Transform {
                 } else {
                     batch.clone()
                 };
-                let applied = connection.rules.apply(&mut applied_batch);
+                // No rules: nothing to apply (and a pass-through batch stays one).
+                let applied = if connection.rules.is_empty() {
+                    crate::rules::Applied {
+                        events_in: applied_batch.events.len(),
+                        events_filtered: 0,
+                    }
+                } else {
+                    connection.rules.apply(&mut applied_batch)
+                };
                 let counted = |what: Events, n: usize| stats.count_events(&connection.id, what, n);
                 counted(Events::In, applied.events_in);
                 counted(Events::Filtered, applied.events_filtered);
@@ -337,6 +345,13 @@ impl Transform {
                         true
                     });
                     counted(Events::Deduplicated, before - out.events.len());
+                    // Some events repeated: a pass-through batch is read in full and sent
+                    // without them (a failure to read it would send them again, never lose).
+                    if out.events.len() != before
+                        && let Err(e) = schema::materialize(&mut out)
+                    {
+                        tracing::error!(error = %e, "a pass-through batch does not decode; sent whole");
+                    }
                     // Everything filtered or repeated: nothing owed to this destination. (A batch
                     // that came with no events still goes: it may carry user attribute changes.)
                     if out.events.is_empty() && had_events {
@@ -539,7 +554,7 @@ impl Transform {
                     })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
-            return Ok((batch, routes));
+            return self.readable_for(batch, routes);
         }
         let source = message
             .attributes
@@ -563,6 +578,22 @@ impl Transform {
             .collect();
         if routes.is_empty() {
             return Err(format!("no connection takes source {source:?}"));
+        }
+        self.readable_for(batch, routes)
+    }
+
+    /// A pass-through batch is read in full when a connection's rules will change it.
+    fn readable_for(
+        &self,
+        mut batch: Batch,
+        routes: Vec<Route>,
+    ) -> Result<(Batch, Vec<Route>), String> {
+        let connections = &self.inner.settings.connections;
+        if routes
+            .iter()
+            .any(|r| !connections[r.connection].rules.is_empty())
+        {
+            schema::materialize(&mut batch).map_err(|e| format!("not a batch: {e}"))?;
         }
         Ok((batch, routes))
     }

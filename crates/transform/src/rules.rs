@@ -97,6 +97,11 @@ impl Rules {
     }
 
     /// Applies the rules in place.
+    /// No rule set: the connection passes batches on as they are.
+    pub fn is_empty(&self) -> bool {
+        *self == Rules::default()
+    }
+
     pub fn apply(&self, batch: &mut Batch) -> Applied {
         let events_in = batch.events.len();
         batch.events.retain(|e| self.keeps(e));

@@ -223,6 +223,74 @@ async fn rule_drop_repeats_by_source_message_id() {
     assert_eq!(names(&got), ["Play", "Pause", "Home", "New"]);
 }
 
+/// As [`through`], with each batch queued in its pass-through form.
+async fn through_as_sent(rules: Rules, batches: &[String]) -> Vec<schema::v1::Batch> {
+    let q = embedded();
+    let peer = Peer::start().await;
+    let transform = Transform::new(
+        settings(vec![connection("c", "web", &["dest"], rules)]),
+        q.queue.clone(),
+        Some(q.dead_letter.clone()),
+        client(vec![peer.addr]),
+    )
+    .unwrap();
+    q.queue
+        .send(
+            batches
+                .iter()
+                .map(|b| pass_through_message("web", b))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    while transform.poll_once().await.unwrap() > 0 {}
+    let got = peer.recorder.batches("dest");
+    peer.stop().await;
+    got
+}
+
+#[tokio::test]
+async fn a_pass_through_batch_nothing_changes_reaches_delivery_as_sent() {
+    let sent = mixed("a");
+    let got = through_as_sent(Rules::default(), std::slice::from_ref(&sent)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].inbound_json, sent.as_bytes(), "the sender's bytes");
+    assert_eq!(got[0].events.len(), 3);
+    let mut full = got[0].clone();
+    schema::materialize(&mut full).unwrap();
+    assert_eq!(names(&[full]), ["Play", "Pause", "Home"]);
+}
+
+#[tokio::test]
+async fn a_pass_through_batch_with_repeats_goes_in_full_without_them() {
+    let again = batch_json(
+        "b",
+        &[custom("Play", "a-1"), custom("New", "b-9")].join(","),
+    );
+    let got = through_as_sent(Rules::default(), &[mixed("a"), again]).await;
+    assert_eq!(got.len(), 2);
+    assert!(schema::is_pass_through(&got[0]));
+    assert!(
+        !schema::is_pass_through(&got[1]),
+        "its bytes hold the repeat: it is read and sent in full"
+    );
+    assert_eq!(names(&got[1..]), ["New"]);
+}
+
+#[tokio::test]
+async fn rules_apply_to_a_pass_through_batch() {
+    let rules = Rules {
+        deny_event_names: vec!["Pause".into()],
+        set_environment: Some(Environment::Production),
+        ..Rules::default()
+    };
+    let got = through_as_sent(rules, &[mixed("a")]).await;
+    assert_eq!(got.len(), 1);
+    assert!(!schema::is_pass_through(&got[0]));
+    assert_eq!(names(&got), ["Play", "Home"]);
+    assert_eq!(got[0].environment(), Environment::Production);
+}
+
 #[tokio::test]
 async fn invalid_rules_are_refused_at_start_with_every_problem() {
     let q = embedded();

@@ -52,6 +52,9 @@ pub enum PackError {
         bytes: usize,
         limit: usize,
     },
+    /// A pass-through batch whose JSON does not decode (never, for what ingest validated).
+    #[error("the batch's JSON cannot be read: {0}")]
+    Unreadable(String),
 }
 
 /// Packs `batches` into requests, in order. Each batch is prepared for the Events API (the
@@ -64,13 +67,30 @@ pub fn pack<'a, K: Clone>(
     let mut encoded: Vec<(Part<K>, Vec<u8>)> = Vec::new();
     let mut refused = Vec::new();
     for (position, (key, batch)) in batches.into_iter().enumerate() {
-        // Copy only the batches that carry outbound-only fields (those from mParticle's outputs).
-        let stripped;
-        let batch = if has_outbound_fields(batch) {
+        // A pass-through batch goes out as the sender's bytes, when they fit.
+        if schema::is_pass_through(batch) && batch.inbound_json.len() <= limits.max_batch_bytes {
+            encoded.push((
+                Part {
+                    key,
+                    index: 0,
+                    of: 1,
+                },
+                batch.inbound_json.clone(),
+            ));
+            continue;
+        }
+        // Copy only the batches that carry outbound-only fields (those from mParticle's
+        // outputs), or that must be read from their JSON to be split.
+        let copied;
+        let batch = if schema::has_outbound_only_fields(batch) || schema::is_pass_through(batch) {
             let mut copy = batch.clone();
+            if let Err(e) = schema::materialize(&mut copy) {
+                refused.push((key, PackError::Unreadable(e.to_string())));
+                continue;
+            }
             schema::strip_for_events_api(&mut copy);
-            stripped = copy;
-            &stripped
+            copied = copy;
+            &copied
         } else {
             batch
         };
@@ -132,17 +152,6 @@ pub fn pack<'a, K: Clone>(
         requests.push(Request { body, parts });
     }
     (requests, refused)
-}
-
-fn has_outbound_fields(batch: &Batch) -> bool {
-    batch.message_type.is_some()
-        || batch.message_id.is_some()
-        || batch.unique_id.is_some()
-        || batch.system_notifications.is_some()
-        || batch
-            .events
-            .iter()
-            .any(|e| e.message_id.is_some() || e.message_type.is_some())
 }
 
 /// Splits an oversized batch by its events: greedy, in order, each part as full as it can be.
@@ -214,6 +223,46 @@ mod tests {
             .collect();
         batch.source_request_id = Some(request_id.into());
         batch
+    }
+
+    #[test]
+    fn a_pass_through_batch_goes_out_as_the_senders_bytes() {
+        let sent = br#"{"environment":"production",  "source_request_id":"r-1",
+            "events":[{"event_type":"custom_event","data":{"event_name":"a","custom_event_type":"other"}}]}"#;
+        let (full, as_sent) = schema::parse_batch_as_sent(sent).unwrap();
+        assert!(as_sent);
+        let through = schema::pass_through(&full, sent).unwrap();
+        let (requests, refused) = pack([(0usize, &through), (1, &full)], Limits::default());
+        assert!(refused.is_empty());
+        assert_eq!(requests.len(), 1);
+        let body = &requests[0].body;
+        let expected = [
+            b"[".as_slice(),
+            sent,
+            b",",
+            &schema::encode_batch(&full, Dialect::Inbound),
+            b"]",
+        ]
+        .concat();
+        assert_eq!(
+            body, &expected,
+            "the pass-through batch verbatim, the other encoded"
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(parsed[0], parsed[1], "both say the same");
+    }
+
+    #[test]
+    fn a_pass_through_batch_over_the_batch_limit_is_read_and_split() {
+        let full = big(300, "big");
+        let json = schema::encode_batch(&full, Dialect::Inbound);
+        let through = schema::pass_through(&full, &json).unwrap();
+        let limits = Limits::default();
+        let (requests, refused) = pack([(0usize, &through)], limits);
+        assert!(refused.is_empty());
+        check(&requests, limits);
+        let parts: usize = requests.iter().map(|r| r.parts.len()).sum();
+        assert!(parts > 1, "split into {parts} parts");
     }
 
     fn check(requests: &[Request<usize>], limits: Limits) {

@@ -143,6 +143,11 @@ impl Driver for MparticleDriver {
         })
     }
 
+    /// The Events API takes the sender's inbound-dialect JSON as it came.
+    fn takes_pass_through(&self) -> bool {
+        true
+    }
+
     fn reload_credentials(&self) {
         self.poster
             .set_authorization(self.load_authorization().map(Some));

@@ -174,7 +174,7 @@ async fn accept(
     let mut events = 0usize;
     for (i, raw) in batches.iter().enumerate() {
         match check(raw, door, now) {
-            Ok(batch) => {
+            Ok((batch, as_sent)) => {
                 events += batch.events.len();
                 let span = runtime::pipeline_span!(
                     "ingest",
@@ -196,13 +196,18 @@ async fn accept(
                     .or_else(|| caller.clone())
                     .unwrap_or_else(TraceContext::start);
                 spans.push(span);
-                accepted.push(queue_message(
-                    batch.encode_to_vec(),
-                    &source.id,
-                    door,
-                    now,
-                    &trace,
-                ));
+                // From the Events API (mParticle's inbound dialect), the batch travels as the
+                // sender's validated bytes beside the ids routing needs, so the mParticle
+                // destination sends it on without decoding or encoding it again.
+                let body = match door {
+                    Door::Events | Door::Bulk | Door::Historical if as_sent => {
+                        schema::pass_through(&batch, raw.get().as_bytes())
+                            .unwrap_or(batch)
+                            .encode_to_vec()
+                    }
+                    _ => batch.encode_to_vec(),
+                };
+                accepted.push(queue_message(body, &source.id, door, now, &trace));
             }
             Err(errors) => {
                 let at = |e: String| if is_array { format!("[{i}] {e}") } else { e };
@@ -268,12 +273,12 @@ fn split(bytes: &[u8], door: Door) -> Result<Vec<&RawValue>, ApiError> {
 }
 
 /// Decodes and validates one batch, as mParticle would; historical batches by their rules too.
-fn check(raw: &RawValue, door: Door, now: i64) -> Result<schema::v1::Batch, Vec<String>> {
-    let batch = super::check_batch(raw.get().as_bytes())?;
+fn check(raw: &RawValue, door: Door, now: i64) -> Result<(schema::v1::Batch, bool), Vec<String>> {
+    let (batch, as_sent) = super::check_batch_as_sent(raw.get().as_bytes())?;
     if door == Door::Historical {
         schema::validate_historical(&batch, now).map_err(super::messages)?;
     }
-    Ok(batch)
+    Ok((batch, as_sent))
 }
 
 fn queue_message(

@@ -116,7 +116,19 @@ pub async fn drain(queue: &StageQueue) -> Vec<Received> {
     runtime::testing::drain(queue, Duration::from_millis(300)).await
 }
 
+/// The queued batches, in full (a pass-through batch is read from its bytes).
 pub fn decode(received: &[Received]) -> Vec<schema::v1::Batch> {
+    decode_as_queued(received)
+        .into_iter()
+        .map(|mut batch| {
+            schema::materialize(&mut batch).expect("its bytes decode");
+            batch
+        })
+        .collect()
+}
+
+/// The queued batches as they are on the queue.
+pub fn decode_as_queued(received: &[Received]) -> Vec<schema::v1::Batch> {
     received
         .iter()
         .map(|m| schema::v1::Batch::decode(m.body.as_ref()).expect("a protobuf batch"))

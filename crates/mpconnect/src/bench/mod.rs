@@ -49,6 +49,16 @@ pub struct Args {
     /// print what tracing costs.
     #[arg(long)]
     tracing: bool,
+    /// The distributed variant: ingest, transform and delivery as three processes on SQS and
+    /// S3 at this endpoint (moto, LocalStack) instead of `mpconnect all` on the embedded queue.
+    #[arg(long)]
+    sqs_endpoint: Option<String>,
+    /// With --sqs-endpoint: the transform's pollers (moto serves few long polls at once).
+    #[arg(long, default_value_t = 4)]
+    sqs_pollers: usize,
+    /// A process whose CPU is reported beside mpconnect's (the SQS server).
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Keep the data directory and logs (printed at the end).
     #[arg(long)]
     keep: bool,
@@ -64,6 +74,8 @@ struct Sample {
     rss_kb: u64,
     /// The machine's busy and total ticks, every core.
     machine: (u64, u64),
+    /// CPU ticks of the SQS server, when one is watched.
+    server_ticks: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -117,53 +129,81 @@ async fn pass(
     let served = tokio::spawn(async move { axum::serve(receiver_listener, router).await });
 
     let ingest_addr = free_port()?;
+    let delivery_addr = free_port()?;
+    let split = match &args.sqs_endpoint {
+        Some(endpoint) => Some(split_setup(endpoint, &delivery_addr, args.sqs_pollers).await?),
+        None => None,
+    };
     let config = bench_config(
         dir.path(),
         &ingest_addr,
-        &free_port()?,
+        &delivery_addr,
         &receiver_addr.to_string(),
         args,
+        split.as_deref(),
     )?;
+    let targets: &[&str] = match split {
+        Some(_) => &["delivery", "transform", "ingest"],
+        None => &["all"],
+    };
     let config_path = dir.path().join("bench.toml");
     std::fs::write(&config_path, config)?;
-    let log_path = dir.path().join("mpconnect.log");
-    let mut command = std::process::Command::new(std::env::current_exe()?);
-    command
-        .args(["all", "--config"])
-        .arg(&config_path)
-        .args(["--log-format", "text"])
-        .stdout(std::fs::File::create(dir.path().join("mpconnect.out"))?)
-        .stderr(std::fs::File::create(&log_path)?)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
-    if let Some(endpoint) = otlp_endpoint {
-        command.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+    let mut children = Vec::new();
+    for target in targets {
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command
+            .args([target, "--config"])
+            .arg(&config_path)
+            .args(["--log-format", "text"])
+            .stdout(std::fs::File::create(
+                dir.path().join(format!("{target}.out")),
+            )?)
+            .stderr(std::fs::File::create(
+                dir.path().join(format!("{target}.log")),
+            )?)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if let Some(endpoint) = otlp_endpoint {
+            command.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+        }
+        children.push(
+            command
+                .spawn()
+                .with_context(|| format!("starting mpconnect {target}"))?,
+        );
     }
-    let mut child = command.spawn().context("starting mpconnect all")?;
-    let pid = child.id();
-    let what = if otlp_endpoint.is_some() {
-        "tracing on"
-    } else {
-        "tracing off"
-    };
-    let result = drive(args, payload, &receiver, &ingest_addr, pid, floor, what).await;
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let what = format!(
+        "{}, tracing {}",
+        match &args.sqs_endpoint {
+            Some(_) => "ingest + transform + delivery as three processes on SQS and S3 (moto)",
+            None => "mpconnect all, embedded queue",
+        },
+        if otlp_endpoint.is_some() { "on" } else { "off" }
+    );
+    let result = drive(args, payload, &receiver, &ingest_addr, &pids, floor, &what).await;
     // SIGTERM for a clean drain; SIGKILL if it does not go.
-    let _ = std::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait()?.is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for child in children.iter_mut().rev() {
+        let _ = std::process::Command::new("kill")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait()?.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    let _ = child.kill();
-    let _ = child.wait();
     served.abort();
     if args.keep {
         println!("kept: {}", dir.keep().display());
     } else if result.is_err() {
-        eprintln!(
-            "mpconnect's log:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
+        for target in targets {
+            eprintln!(
+                "mpconnect {target}'s log:\n{}",
+                std::fs::read_to_string(dir.path().join(format!("{target}.log")))
+                    .unwrap_or_default()
+            );
+        }
     }
     result
 }
@@ -173,7 +213,7 @@ async fn drive(
     payload: Arc<Payload>,
     receiver: &Arc<Receiver>,
     ingest_addr: &str,
-    pid: u32,
+    pids: &[u32],
     floor: f64,
     what: &str,
 ) -> anyhow::Result<f64> {
@@ -195,9 +235,10 @@ async fn drive(
     let samples = Arc::new(std::sync::Mutex::new(Vec::<Sample>::new()));
     let sampler = {
         let (samples, counts, receiver) = (samples.clone(), counts.clone(), receiver.clone());
+        let (pids, server) = (pids.to_vec(), args.server_pid);
         tokio::spawn(async move {
             loop {
-                let (cpu_ticks, rss_kb) = process_reading(pid);
+                let (cpu_ticks, rss_kb) = processes_reading(&pids);
                 let sample = Sample {
                     at: t0.elapsed(),
                     accepted: counts.accepted_events.load(Ordering::Relaxed),
@@ -205,6 +246,7 @@ async fn drive(
                     cpu_ticks,
                     rss_kb,
                     machine: machine_ticks(),
+                    server_ticks: server.map_or(0, |pid| process_reading(pid).0),
                 };
                 samples
                     .lock()
@@ -241,8 +283,8 @@ async fn drive(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     sampler.abort();
-    let (end_ticks, end_rss) = process_reading(pid);
-    let peak_rss_kb = peak_rss_kb(pid);
+    let (end_ticks, end_rss) = processes_reading(pids);
+    let peak_rss_kb: u64 = pids.iter().map(|&pid| peak_rss_kb(pid)).sum();
     let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
 
     let rc = &receiver.counts;
@@ -292,7 +334,7 @@ async fn drive(
     let lat = &loaded.latencies_us;
     println!();
     println!(
-        "mpconnect all ({what}), embedded queue, {} connections, {} s load ({} s warm-up), load generator and receiver on the same cores",
+        "{what}, {} connections, {} s load ({} s warm-up), load generator and receiver on the same cores",
         args.connections,
         args.seconds,
         warm.as_secs()
@@ -350,6 +392,13 @@ async fn drive(
         busy * 100.0,
         mpconnect_cores
     );
+    if args.server_pid.is_some() {
+        let server_cores =
+            (to.server_ticks - from.server_ticks) as f64 / ticks_per_second() / window;
+        println!(
+            "  the SQS/S3 server used {server_cores:.2} cores in the sustained window: near 1, it is the ceiling (one Python process)"
+        );
+    }
     println!(
         "  mpconnect RSS: peak {:.0} MB, steady {:.0} MB",
         peak_rss_kb as f64 / 1024.0,
@@ -393,19 +442,31 @@ fn free_port() -> anyhow::Result<String> {
     Ok(listener.local_addr()?.to_string())
 }
 
+/// The benchmark's configuration: one HTTP source, one `mparticle` destination without a rate
+/// limit at the receiver; `split` adds the distributed variant's queues, bucket and ports.
 fn bench_config(
     dir: &Path,
     ingest: &str,
     delivery: &str,
     receiver: &str,
     args: &Args,
+    split: Option<&str>,
 ) -> anyhow::Result<String> {
+    let (retry_queue, split) = match split {
+        Some(settings) => {
+            let (retry, rest) = settings.split_once('\n').unwrap_or_default();
+            (format!("retry_queue = \"{retry}\""), rest.to_owned())
+        }
+        None => (String::new(), String::new()),
+    };
     let mut config = format!(
         r#"data_dir = {data:?}
 
 [listen]
 ingest = "{ingest}"
 delivery = "{delivery}"
+transform_admin = "{transform_admin}"
+delivery_admin = "{delivery_admin}"
 
 [telemetry]
 log_level = "warn"
@@ -423,19 +484,80 @@ base_url = "http://{receiver}/v2"
 api_key = "bench-mp-key"
 api_secret = "bench-mp-secret"
 rate_limit = 0
+{retry_queue}
 
 [[connections]]
 id = "bench"
 source = "bench"
 destinations = ["mp"]
-"#,
+{split}"#,
         data = dir.join("data").display().to_string(),
+        transform_admin = free_port()?,
+        delivery_admin = free_port()?,
     );
     if let Some(extra) = &args.extra_config {
         config.push('\n');
         config.push_str(&std::fs::read_to_string(extra)?);
     }
     Ok(config)
+}
+
+/// The distributed variant: fresh queues and a bucket at `endpoint`. Returns the retry queue's
+/// URL on the first line, then the TOML tables that point the stages at them.
+async fn split_setup(endpoint: &str, delivery: &str, pollers: usize) -> anyhow::Result<String> {
+    let settings = runtime::aws::AwsSettings {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(endpoint.to_owned()),
+        force_path_style: true,
+    };
+    let aws = runtime::aws::sdk_config(&settings).await;
+    let (sqs, s3) = (
+        runtime::aws::sqs_client(&aws),
+        runtime::aws::s3_client(&aws, &settings),
+    );
+    let run = format!("{:08x}", rand::random::<u32>());
+    let mut urls = Vec::new();
+    for name in ["ingest", "ingest-dead-letter", "retry-mp"] {
+        let url = sqs
+            .create_queue()
+            .queue_name(format!("bench-{run}-{name}"))
+            .send()
+            .await
+            .with_context(|| format!("creating the queue {name} at {endpoint}"))?
+            .queue_url
+            .context("no queue URL")?;
+        urls.push(url);
+    }
+    let bucket = format!("bench-{run}");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .with_context(|| format!("creating the bucket {bucket}"))?;
+    Ok(format!(
+        r#"{retry}
+
+[queues]
+backend = "sqs"
+ingest = "{ingest}"
+ingest_dead_letter = "{dlq}"
+
+[store]
+backend = "s3"
+bucket = "{bucket}"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+[transform]
+delivery_endpoint = "{delivery}"
+pollers = {pollers}
+"#,
+        retry = urls[2],
+        ingest = urls[0],
+        dlq = urls[1],
+    ))
 }
 
 /// CPU ticks (user + system) and resident memory (kB) of a process, from `/proc`.
@@ -471,6 +593,13 @@ fn machine_ticks() -> (u64, u64) {
     // idle and iowait
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
     (total - idle, total)
+}
+
+/// CPU ticks and resident memory summed over processes.
+fn processes_reading(pids: &[u32]) -> (u64, u64) {
+    pids.iter()
+        .map(|&pid| process_reading(pid))
+        .fold((0, 0), |(t, r), (pt, pr)| (t + pt, r + pr))
 }
 
 fn peak_rss_kb(pid: u32) -> u64 {

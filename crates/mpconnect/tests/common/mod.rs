@@ -99,6 +99,8 @@ impl Stack {
             endpoint_url = "{moto}"
             [transform]
             delivery_endpoint = "127.0.0.1:{delivery_port}"
+            # moto serves few long polls at once: the default dozen pollers would starve it.
+            pollers = 4
             [[sources]]
             id = "web"
             kind = "http"

@@ -140,6 +140,7 @@ impl<'de> Visitor<'de> for PurposesVisitor {
 /// The Python SDK writes `customerid`; mParticle's name is `customer_id`.
 fn identity_type_name(name: &str) -> &str {
     if name == "customerid" {
+        super::note_normalised();
         "customer_id"
     } else {
         name
@@ -213,6 +214,7 @@ impl<'de> Visitor<'de> for IdentitiesVisitor {
                     if let Some(t) = &identity.identity_type
                         && t == "customerid"
                     {
+                        super::note_normalised();
                         identity.identity_type = Some("customer_id".to_owned());
                     }
                     values.push(identity)

@@ -12,3 +12,21 @@ pub use batch::{
     kind_for,
 };
 pub use read::Fields;
+
+thread_local! {
+    /// Set while reading when a value's form was changed (an int64 given as a string of
+    /// digits, the Python SDK's `customerid`): the batch then means what its encoding says,
+    /// not byte for byte what was sent.
+    static NORMALISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+pub(crate) fn note_normalised() {
+    NORMALISED.with(|n| n.set(true));
+}
+
+/// Runs `read` and tells whether it changed any value's form.
+pub(crate) fn noting_normalisation<T>(read: impl FnOnce() -> T) -> (T, bool) {
+    NORMALISED.with(|n| n.set(false));
+    let out = read();
+    (out, NORMALISED.with(|n| n.get()))
+}

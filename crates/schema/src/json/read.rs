@@ -276,7 +276,10 @@ impl Kind for Long {
         Ok(match d.deserialize_any(ScalarVisitor)? {
             Scalar::I64(v) => Ok(v),
             Scalar::Str(s) => match s.parse::<i64>() {
-                Ok(v) if !s.starts_with('+') => Ok(v),
+                Ok(v) if !s.starts_with('+') => {
+                    super::note_normalised();
+                    Ok(v)
+                }
                 _ => Err(Scalar::Str(s).into_raw()),
             },
             other => Err(other.into_raw()),

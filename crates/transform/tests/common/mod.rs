@@ -117,6 +117,17 @@ pub fn message(source: &str, json: &str) -> runtime::Message {
         )
 }
 
+/// As ingest queues a batch from the Events API: the sender's bytes beside the ids.
+pub fn pass_through_message(source: &str, json: &str) -> runtime::Message {
+    use prost::Message as _;
+    let (batch, as_sent) = schema::parse_batch_as_sent(json.as_bytes()).unwrap();
+    assert!(as_sent);
+    let through = schema::pass_through(&batch, json.as_bytes()).unwrap();
+    let mut message = message(source, json);
+    message.body = through.encode_to_vec().into();
+    message
+}
+
 pub fn batch_json(request_id: &str, events: &str) -> String {
     format!(
         r#"{{"environment":"development","source_request_id":"{request_id}","events":[{events}]}}"#
