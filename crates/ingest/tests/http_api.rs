@@ -530,6 +530,46 @@ async fn a_backed_up_queue_answers_429_with_retry_after() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_backlog_a_request_waits_for_it_to_fall_before_429() {
+    let settings = IngestSettings {
+        max_backlog: Some(5),
+        backlog_refresh: Duration::from_millis(50),
+        backlog_wait: Duration::from_secs(3),
+        ..settings()
+    };
+    let server = start(settings).await;
+    let bulk = format!("[{}]", vec![batch_json("q"); 10].join(","));
+    assert_eq!(post("/v2/bulkevents", &server, bulk).await.status(), 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Over the bound: this request waits; the queue drains meanwhile, and it is taken.
+    let waiting = tokio::spawn({
+        let url = server.url("/v2/events");
+        async move {
+            client()
+                .post(url)
+                .basic_auth(KEY, Some(SECRET))
+                .header("content-type", "application/json")
+                .body(batch_json("waited"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "answered at once over the bound");
+    let mut got = decode(&drain(&server.queue).await);
+    assert_eq!(waiting.await.unwrap(), 202);
+    got.extend(decode(&drain(&server.queue).await));
+    assert_eq!(got.len(), 11);
+    assert!(
+        got.iter()
+            .any(|b| b.source_request_id.as_deref() == Some("waited"))
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_full_embedded_queue_answers_503_and_the_retry_succeeds() {
     let server = start(settings()).await;

@@ -237,3 +237,40 @@ fn keys_new_prints_a_fresh_key_and_secret() {
     assert!(a.contains("api_key") && a.contains("api_secret"));
     assert_ne!(a, b);
 }
+
+#[test]
+fn the_benchmark_runs_end_to_end_and_loses_nothing() {
+    // A short run: the figures are not asserted (they are the benchmark's to print), but the
+    // run must work end to end and every accepted event must arrive once.
+    let out = mpconnect()
+        .args([
+            "bench",
+            "--seconds",
+            "3",
+            "--warmup",
+            "1",
+            "--connections",
+            "2",
+            "--drain-timeout",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("delivered ") && l.contains("unique"))
+        .unwrap_or_else(|| panic!("no delivery line in:\n{text}"));
+    assert!(line.contains("missing 0"), "{line}");
+    assert!(line.contains(", 0 repeated"), "{line}");
+    assert!(!line.contains("delivered 0 events"), "{line}");
+    assert!(
+        text.contains("malformed 0, over limits 0, unauthorized 0"),
+        "{text}"
+    );
+}
