@@ -18,6 +18,15 @@ use schema::v1::Environment;
 
 /// Runs `messages` through one connection with `rules` and returns what the destination got.
 async fn through(rules: Rules, batches: &[String]) -> Vec<schema::v1::Batch> {
+    through_queued_by(message, rules, batches).await
+}
+
+/// As [`through`], with each batch queued by `queued` (decoded, or in its pass-through form).
+async fn through_queued_by(
+    queued: fn(&str, &str) -> runtime::Message,
+    rules: Rules,
+    batches: &[String],
+) -> Vec<schema::v1::Batch> {
     let q = embedded();
     let peer = Peer::start().await;
     let transform = Transform::new(
@@ -28,7 +37,7 @@ async fn through(rules: Rules, batches: &[String]) -> Vec<schema::v1::Batch> {
     )
     .unwrap();
     q.queue
-        .send(batches.iter().map(|b| message("web", b)).collect())
+        .send(batches.iter().map(|b| queued("web", b)).collect())
         .await
         .unwrap();
     while transform.poll_once().await.unwrap() > 0 {}
@@ -223,30 +232,9 @@ async fn rule_drop_repeats_by_source_message_id() {
     assert_eq!(names(&got), ["Play", "Pause", "Home", "New"]);
 }
 
-/// As [`through`], with each batch queued in its pass-through form.
+/// As [`through`], with each batch queued in its pass-through form, as ingest does.
 async fn through_as_sent(rules: Rules, batches: &[String]) -> Vec<schema::v1::Batch> {
-    let q = embedded();
-    let peer = Peer::start().await;
-    let transform = Transform::new(
-        settings(vec![connection("c", "web", &["dest"], rules)]),
-        q.queue.clone(),
-        Some(q.dead_letter.clone()),
-        client(vec![peer.addr]),
-    )
-    .unwrap();
-    q.queue
-        .send(
-            batches
-                .iter()
-                .map(|b| pass_through_message("web", b))
-                .collect(),
-        )
-        .await
-        .unwrap();
-    while transform.poll_once().await.unwrap() > 0 {}
-    let got = peer.recorder.batches("dest");
-    peer.stop().await;
-    got
+    through_queued_by(pass_through_message, rules, batches).await
 }
 
 #[tokio::test]
