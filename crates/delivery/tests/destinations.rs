@@ -337,7 +337,11 @@ async fn a_hanging_destination_does_not_slow_another() {
         }
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let alongside = time_to_deliver(&stage, "healthy", 1).await;
+    // The better of two rounds: the other tests of this binary share the two cores, and one of
+    // them (S3 on moto) can take a core for a moment; a hanging neighbour slows every round.
+    let alongside = time_to_deliver(&stage, "healthy", 1)
+        .await
+        .min(time_to_deliver(&stage, "healthy", 3).await);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     stream.await.unwrap();
     let alone_again = time_to_deliver(&stage, "healthy", 2).await;
@@ -358,7 +362,11 @@ async fn a_hanging_destination_does_not_slow_another() {
         stage.delivery.destination("hanging").unwrap().state(),
         DestinationState::BackingOff { .. } | DestinationState::Healthy
     ));
-    assert_eq!(healthy.accepted().len(), 3 * 1200);
+    assert_eq!(
+        healthy.accepted().len(),
+        4 * 1200,
+        "four rounds of 1,200 batches"
+    );
     assert!(hanging.accepted().is_empty());
     stage.stop().await;
 }

@@ -570,6 +570,53 @@ async fn past_the_backlog_a_request_waits_for_it_to_fall_before_429() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_hand_are_bounded_and_the_rest_wait_then_get_429() {
+    let settings = IngestSettings {
+        max_in_flight: 1,
+        backlog_wait: Duration::from_millis(300),
+        retry_after: Duration::from_secs(3),
+        ..settings()
+    };
+    let server = start(settings).await;
+    // One request in hand: its body arrives slowly.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let body = batch_json("slow");
+    let auth = base64_of(&format!("{KEY}:{SECRET}"));
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v2/events HTTP/1.1\r\nhost: {addr}\r\nauthorization: Basic {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another waits for a place, then is told to come back.
+    let started = std::time::Instant::now();
+    let r = post("/v2/events", &server, batch_json("turned-away")).await;
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(r.headers().get("retry-after").unwrap(), "3");
+    assert_refused(r, 429, "TOO_MANY_REQUESTS", "slow down").await;
+    // The first finishes; then there is room again.
+    stream.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut response = vec![0u8; 1024];
+    let n = stream.read(&mut response).await.unwrap();
+    assert!(String::from_utf8_lossy(&response[..n]).starts_with("HTTP/1.1 202"));
+    assert_eq!(
+        post("/v2/events", &server, batch_json("later"))
+            .await
+            .status(),
+        202
+    );
+    let mut ids: Vec<_> = decode(&drain(&server.queue).await)
+        .into_iter()
+        .filter_map(|b| b.source_request_id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["later", "slow"]);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_full_embedded_queue_answers_503_and_the_retry_succeeds() {
     let server = start(settings()).await;

@@ -41,6 +41,11 @@ pub struct IngestSettings {
     pub backlog_wait: Duration,
     /// How often the backlog is read.
     pub backlog_refresh: Duration,
+    /// Requests read, decoded and queued at once; more wait (up to `backlog_wait`, then 429).
+    /// A request in hand holds its body and its decoded batches (about 1 MB for a full bulk
+    /// request), so this, not the number of connections, bounds ingest's memory; a few per
+    /// core keep the cores busy.
+    pub max_in_flight: usize,
 }
 
 impl Default for IngestSettings {
@@ -54,6 +59,7 @@ impl Default for IngestSettings {
             retry_after: Duration::from_secs(2),
             backlog_wait: Duration::from_secs(1),
             backlog_refresh: Duration::from_millis(500),
+            max_in_flight: 16,
         }
     }
 }

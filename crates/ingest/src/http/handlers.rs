@@ -133,13 +133,11 @@ async fn accept(
     };
     source_label.clone_from(&source.id);
 
-    // Before reading the body: past the bound, wait a little for the backlog to fall, then
-    // tell the sender to come back later.
-    if let Some(max) = settings.max_backlog
-        && !ingest.backlog_below(max).await
-    {
+    // Before reading the body: past the backlog's bound or the requests in hand, wait a
+    // little, then tell the sender to come back later.
+    let Some(_admitted) = ingest.admit(settings.max_backlog).await else {
         return Err(ApiError::too_many_requests(ingest.retry_after()));
-    }
+    };
 
     let bytes = body::read(headers, body, settings.max_request_bytes).await?;
     let batches = split(&bytes, door)?;

@@ -74,6 +74,8 @@ struct Inner {
     /// Batches queued since the backlog was last read: added to it, so a burst between two
     /// reads is seen at once.
     queued_since_read: AtomicU64,
+    /// Permits for requests past the gate (`IngestSettings::max_in_flight`).
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Ingest {
@@ -86,11 +88,12 @@ impl Ingest {
         runtime::telemetry::metrics();
         Ingest {
             inner: Arc::new(Inner {
-                settings,
                 queue,
                 dead_letter,
                 backlog: AtomicU64::new(0),
                 queued_since_read: AtomicU64::new(0),
+                in_flight: tokio::sync::Semaphore::new(settings.max_in_flight.max(1)),
+                settings,
             }),
         }
     }
@@ -155,18 +158,22 @@ impl Ingest {
             + self.inner.queued_since_read.load(Ordering::Relaxed)
     }
 
-    /// Whether the backlog is at most `max`, now or within the backlog wait.
-    async fn backlog_below(&self, max: u64) -> bool {
+    /// A place among the requests in hand, once the backlog is at most `max` (if bounded),
+    /// both within the backlog wait; `None` past it (the sender is told to come back).
+    async fn admit(&self, max: Option<u64>) -> Option<tokio::sync::SemaphorePermit<'_>> {
         let deadline = tokio::time::Instant::now() + self.inner.settings.backlog_wait;
-        loop {
-            if self.backlog() <= max {
-                return true;
+        if let Some(max) = max {
+            while self.backlog() > max {
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        tokio::time::timeout_at(deadline, self.inner.in_flight.acquire())
+            .await
+            .ok()?
+            .ok()
     }
 
     fn queued(&self, batches: usize) {
