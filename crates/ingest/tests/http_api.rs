@@ -570,6 +570,28 @@ async fn past_the_backlog_a_request_waits_for_it_to_fall_before_429() {
     server.stop().await;
 }
 
+/// Starts `POST /v2/events` of `body` and sends only its first 10 bytes: a request in hand.
+async fn begin_slow_request(server: &Server, body: &str) -> tokio::net::TcpStream {
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let auth = base64_of(&format!("{KEY}:{SECRET}"));
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v2/events HTTP/1.1\r\nhost: {addr}\r\nauthorization: Basic {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    stream
+}
+
+/// Sends the rest of the body; returns the answer's first bytes.
+async fn finish_slow_request(stream: &mut tokio::net::TcpStream, body: &str) -> String {
+    stream.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut response = vec![0u8; 1024];
+    let n = stream.read(&mut response).await.unwrap();
+    String::from_utf8_lossy(&response[..n]).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_hand_are_bounded_and_the_rest_wait_then_get_429() {
     let settings = IngestSettings {
@@ -580,16 +602,8 @@ async fn requests_in_hand_are_bounded_and_the_rest_wait_then_get_429() {
     };
     let server = start(settings).await;
     // One request in hand: its body arrives slowly.
-    let addr = server.base.trim_start_matches("http://").to_owned();
     let body = batch_json("slow");
-    let auth = base64_of(&format!("{KEY}:{SECRET}"));
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /v2/events HTTP/1.1\r\nhost: {addr}\r\nauthorization: Basic {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let mut stream = begin_slow_request(&server, &body).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Another waits for a place, then is told to come back.
     let started = std::time::Instant::now();
@@ -598,10 +612,8 @@ async fn requests_in_hand_are_bounded_and_the_rest_wait_then_get_429() {
     assert_eq!(r.headers().get("retry-after").unwrap(), "3");
     assert_refused(r, 429, "TOO_MANY_REQUESTS", "slow down").await;
     // The first finishes; then there is room again.
-    stream.write_all(&body.as_bytes()[10..]).await.unwrap();
-    let mut response = vec![0u8; 1024];
-    let n = stream.read(&mut response).await.unwrap();
-    assert!(String::from_utf8_lossy(&response[..n]).starts_with("HTTP/1.1 202"));
+    let answer = finish_slow_request(&mut stream, &body).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     assert_eq!(
         post("/v2/events", &server, batch_json("later"))
             .await
@@ -729,25 +741,12 @@ async fn shutdown_finishes_the_request_in_flight() {
     let mut server = start(settings()).await;
     let addr = server.base.trim_start_matches("http://").to_owned();
     let body = batch_json("in-flight");
-    let auth = base64_of(&format!("{KEY}:{SECRET}"));
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /v2/events HTTP/1.1\r\nhost: {addr}\r\nauthorization: Basic {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let mut stream = begin_slow_request(&server, &body).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    stream.write_all(&body.as_bytes()[10..]).await.unwrap();
-    let mut response = vec![0u8; 1024];
-    let n = stream.read(&mut response).await.unwrap();
-    assert!(
-        String::from_utf8_lossy(&response[..n]).starts_with("HTTP/1.1 202"),
-        "{}",
-        String::from_utf8_lossy(&response[..n])
-    );
+    let answer = finish_slow_request(&mut stream, &body).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     drop(stream);
     server.finished().await;
     // New connections are no longer taken.
