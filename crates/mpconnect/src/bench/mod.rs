@@ -140,7 +140,7 @@ async fn pass(
         &delivery_addr,
         &receiver_addr.to_string(),
         args,
-        split.as_deref(),
+        split.as_ref(),
     )?;
     let targets: &[&str] = match split {
         Some(_) => &["delivery", "transform", "ingest"],
@@ -450,13 +450,13 @@ fn bench_config(
     delivery: &str,
     receiver: &str,
     args: &Args,
-    split: Option<&str>,
+    split: Option<&Split>,
 ) -> anyhow::Result<String> {
     let (retry_queue, split) = match split {
-        Some(settings) => {
-            let (retry, rest) = settings.split_once('\n').unwrap_or_default();
-            (format!("retry_queue = \"{retry}\""), rest.to_owned())
-        }
+        Some(split) => (
+            format!("retry_queue = \"{}\"", split.retry_queue),
+            split.tables.clone(),
+        ),
         None => (String::new(), String::new()),
     };
     let mut config = format!(
@@ -502,9 +502,15 @@ destinations = ["mp"]
     Ok(config)
 }
 
-/// The distributed variant: fresh queues and a bucket at `endpoint`. Returns the retry queue's
-/// URL on the first line, then the TOML tables that point the stages at them.
-async fn split_setup(endpoint: &str, delivery: &str, pollers: usize) -> anyhow::Result<String> {
+/// The distributed variant's resources: the destination's retry queue, and the TOML tables
+/// that point the stages at the rest.
+struct Split {
+    retry_queue: String,
+    tables: String,
+}
+
+/// The distributed variant: fresh queues and a bucket at `endpoint`.
+async fn split_setup(endpoint: &str, delivery: &str, pollers: usize) -> anyhow::Result<Split> {
     let settings = runtime::aws::AwsSettings {
         region: Some("us-east-1".into()),
         endpoint_url: Some(endpoint.to_owned()),
@@ -534,9 +540,8 @@ async fn split_setup(endpoint: &str, delivery: &str, pollers: usize) -> anyhow::
         .send()
         .await
         .with_context(|| format!("creating the bucket {bucket}"))?;
-    Ok(format!(
-        r#"{retry}
-
+    let tables = format!(
+        r#"
 [queues]
 backend = "sqs"
 ingest = "{ingest}"
@@ -554,10 +559,13 @@ endpoint_url = "{endpoint}"
 delivery_endpoint = "{delivery}"
 pollers = {pollers}
 "#,
-        retry = urls[2],
         ingest = urls[0],
         dlq = urls[1],
-    ))
+    );
+    Ok(Split {
+        retry_queue: urls[2].clone(),
+        tables,
+    })
 }
 
 /// CPU ticks (user + system) and resident memory (kB) of a process, from `/proc`.
