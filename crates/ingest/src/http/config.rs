@@ -41,10 +41,11 @@ pub struct IngestSettings {
     pub backlog_wait: Duration,
     /// How often the backlog is read.
     pub backlog_refresh: Duration,
-    /// Requests read, decoded and queued at once; more wait (up to `backlog_wait`, then 429).
-    /// A request in hand holds its body and its decoded batches (about 1 MB for a full bulk
-    /// request), so this, not the number of connections, bounds ingest's memory; a few per
-    /// core keep the cores busy.
+    /// Requests decoded and queued at once; more wait (up to `backlog_wait`, then 429). One
+    /// holds its decoded batches (about 1 MB for a full bulk request), so this bounds most of
+    /// ingest's memory whatever the number of connections; a few per core keep the cores busy.
+    /// A place is taken once the body (at most `max_request_bytes`) is in, so a slow sender
+    /// holds none while it uploads.
     pub max_in_flight: usize,
 }
 

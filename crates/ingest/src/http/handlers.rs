@@ -133,13 +133,20 @@ async fn accept(
     };
     source_label.clone_from(&source.id);
 
-    // Before reading the body: past the backlog's bound or the requests in hand, wait a
-    // little, then tell the sender to come back later.
-    let Some(_admitted) = ingest.admit(settings.max_backlog).await else {
+    // Before reading the body: past the bound, wait a little for the backlog to fall, then
+    // tell the sender to come back later.
+    if let Some(max) = settings.max_backlog
+        && !ingest.backlog_below(max).await
+    {
         return Err(ApiError::too_many_requests(ingest.retry_after()));
-    };
+    }
 
     let bytes = body::read(headers, body, settings.max_request_bytes).await?;
+    // A place among the requests being decoded, taken once the body is in: a slow sender
+    // holds none while it uploads.
+    let Some(_admitted) = ingest.admit().await else {
+        return Err(ApiError::too_many_requests(ingest.retry_after()));
+    };
     let batches = split(&bytes, door)?;
     if batches.len() > settings.max_batches {
         return Err(ApiError::bad_request(format!(

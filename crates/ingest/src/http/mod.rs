@@ -158,22 +158,28 @@ impl Ingest {
             + self.inner.queued_since_read.load(Ordering::Relaxed)
     }
 
-    /// A place among the requests in hand, once the backlog is at most `max` (if bounded),
-    /// both within the backlog wait; `None` past it (the sender is told to come back).
-    async fn admit(&self, max: Option<u64>) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    /// Whether the backlog is at most `max`, now or within the backlog wait.
+    async fn backlog_below(&self, max: u64) -> bool {
         let deadline = tokio::time::Instant::now() + self.inner.settings.backlog_wait;
-        if let Some(max) = max {
-            while self.backlog() > max {
-                if tokio::time::Instant::now() >= deadline {
-                    return None;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        while self.backlog() > max {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::timeout_at(deadline, self.inner.in_flight.acquire())
-            .await
-            .ok()?
-            .ok()
+        true
+    }
+
+    /// A place among the requests being decoded and queued, within the backlog wait; `None`
+    /// past it (the sender is told to come back).
+    async fn admit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        tokio::time::timeout(
+            self.inner.settings.backlog_wait,
+            self.inner.in_flight.acquire(),
+        )
+        .await
+        .ok()?
+        .ok()
     }
 
     fn queued(&self, batches: usize) {
@@ -185,5 +191,32 @@ impl Ingest {
     /// How long a sender should wait after a 429 or 503.
     fn retry_after(&self) -> Duration {
         self.inner.settings.retry_after
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn at_most_max_in_flight_requests_are_in_hand() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, store) =
+            runtime::queue::local_data(dir.path(), runtime::queue::EmbeddedSync::Normal).unwrap();
+        let queue = runtime::queue::embedded_stage_queue(&db, "ingest", &store);
+        let settings = IngestSettings {
+            max_in_flight: 1,
+            backlog_wait: Duration::from_millis(200),
+            ..IngestSettings::default()
+        };
+        let ingest = Ingest::new(settings, queue, None);
+        let first = ingest.admit().await.expect("a place");
+        let started = Instant::now();
+        assert!(ingest.admit().await.is_none(), "no second place");
+        assert!(started.elapsed() >= Duration::from_millis(200), "it waited");
+        drop(first);
+        assert!(ingest.admit().await.is_some(), "a place again");
     }
 }
