@@ -150,7 +150,6 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
     // Delivery first, so the transform has somewhere to deliver; ingest last.
     let (stop_delivery, delivery_stopped) = stopper();
     let mut delivery_task = None;
-    let mut delivery_addr = None;
     let mut in_process_delivery = None;
     if runs(Target::Delivery) {
         let delivery = stages::delivery(&shared).await?;
@@ -158,7 +157,6 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
             in_process_delivery = Some(delivery.clone());
         }
         let listener = bind(&listen.delivery, "delivery (gRPC)").await?;
-        delivery_addr = Some(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, "delivery listening (gRPC)");
         if target == Target::Delivery {
             let admin = bind(&listen.delivery_admin, "delivery's health and metrics").await?;
@@ -175,10 +173,6 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
     let (stop_transform, transform_stopped) = stopper();
     let mut transform_task = None;
     if runs(Target::Transform) {
-        let endpoint = match (target, delivery_addr) {
-            (Target::All, Some(addr)) => addr.to_string(),
-            _ => endpoint,
-        };
         // In `all`, the transform calls delivery's service directly: no loopback gRPC.
         let client = match &in_process_delivery {
             Some(delivery) => transform::DeliveryClient::in_process(

@@ -221,10 +221,7 @@ async fn drive(
     let client = reqwest::Client::new();
     let ready_by = Instant::now() + Duration::from_secs(30);
     while client.get(&health).send().await.is_err() {
-        anyhow::ensure!(
-            Instant::now() < ready_by,
-            "mpconnect all did not start in 30 s"
-        );
+        anyhow::ensure!(Instant::now() < ready_by, "mpconnect did not start in 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

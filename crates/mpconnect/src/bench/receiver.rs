@@ -27,8 +27,7 @@ pub struct Counts {
     pub malformed: AtomicU64,
     pub over_limits: AtomicU64,
     pub unauthorized: AtomicU64,
-    /// Nanoseconds since `started` of the first and the last delivered request.
-    pub first_ns: AtomicU64,
+    /// Nanoseconds since `started` of the last delivered request.
     pub last_ns: AtomicU64,
 }
 
@@ -118,9 +117,6 @@ async fn receive(
         }
     }
     let now = receiver.started.elapsed().as_nanos() as u64;
-    let _ = counts
-        .first_ns
-        .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
     counts.last_ns.fetch_max(now, Ordering::Relaxed);
     counts.requests.fetch_add(1, Ordering::Relaxed);
     counts
