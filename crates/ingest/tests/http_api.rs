@@ -730,6 +730,17 @@ async fn health_readiness_and_metrics() {
     server.stop().await;
 }
 
+/// `/readyz` as the server's router answers it (the listener takes no new connection once
+/// draining).
+async fn readiness(server: &Server) -> u16 {
+    use tower::ServiceExt as _;
+    let request = axum::http::Request::get("/readyz")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = server.ingest.router().oneshot(request).await.unwrap();
+    response.status().as_u16()
+}
+
 #[tokio::test]
 async fn shutdown_finishes_the_request_in_flight() {
     let mut server = start(settings()).await;
@@ -737,8 +748,14 @@ async fn shutdown_finishes_the_request_in_flight() {
     let body = batch_json("in-flight");
     let mut stream = begin_slow_request(&server, &body).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(readiness(&server).await, 200);
     server.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        readiness(&server).await,
+        503,
+        "unready once draining, so the endpoints drop the pod"
+    );
     let answer = finish_slow_request(&mut stream, &body).await;
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     drop(stream);

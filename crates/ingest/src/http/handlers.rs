@@ -1,7 +1,7 @@
 //! The request pipeline: who → back-pressure → body within limits → split into batches →
 //! validate each → queue → 202.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -62,18 +62,14 @@ pub async fn healthz() -> &'static str {
 }
 
 /// Ready only when the queue answers: a stage that cannot store data must not get traffic.
+/// Ready unless this process is stopping. It never asks the queue: a few seconds of SQS
+/// trouble would mark every pod unready at once and empty the Service; that shows per
+/// request instead (503 with `Retry-After`), and in metrics.
 pub async fn readyz(State(ingest): State<Ingest>) -> Response {
-    match tokio::time::timeout(Duration::from_secs(2), ingest.inner.queue.depth()).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "not ready: the queue does not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, "the queue does not answer").into_response()
-        }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the queue does not answer in time",
-        )
-            .into_response(),
+    if ingest.draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        (StatusCode::OK, "ready").into_response()
     }
 }
 

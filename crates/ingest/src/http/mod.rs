@@ -76,6 +76,8 @@ struct Inner {
     queued_since_read: AtomicU64,
     /// Permits for requests past the gate (`IngestSettings::max_in_flight`).
     in_flight: tokio::sync::Semaphore,
+    /// Set when shutdown begins: readiness fails so the endpoints drop this pod.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Ingest {
@@ -93,6 +95,7 @@ impl Ingest {
                 backlog: AtomicU64::new(0),
                 queued_since_read: AtomicU64::new(0),
                 in_flight: tokio::sync::Semaphore::new(settings.max_in_flight.max(1)),
+                draining: Default::default(),
                 settings,
             }),
         }
@@ -146,11 +149,20 @@ impl Ingest {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let monitor = self.spawn_backlog_monitor();
+        let this = self.clone();
         let served = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                this.inner.draining.store(true, Ordering::Relaxed);
+            })
             .await;
         monitor.abort();
         served
+    }
+
+    /// Whether shutdown has begun.
+    pub fn draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Relaxed)
     }
 
     fn backlog(&self) -> u64 {

@@ -34,6 +34,8 @@ pub struct Server {
     pub queue: StageQueue,
     pub dead_letter: StageQueue,
     pub db: Option<EmbeddedDb>,
+    /// The server's handle: its router answers as the listener does.
+    pub ingest: Ingest,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -93,8 +95,9 @@ pub async fn start_with(
     let base = format!("http://{}", listener.local_addr().unwrap());
     let ingest = Ingest::new(settings, queue.clone(), Some(dead_letter.clone()));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = ingest.clone();
     let task = tokio::spawn(async move {
-        ingest
+        serving
             .serve(listener, async move {
                 let _ = rx.await;
             })
@@ -105,6 +108,7 @@ pub async fn start_with(
         queue,
         dead_letter,
         db: None,
+        ingest,
         shutdown: Some(tx),
         task: Some(task),
         _dir: dir,
