@@ -1,19 +1,57 @@
 //! How fast a driver may send: an adaptive concurrency limit (additive increase, multiplicative
 //! decrease), a rate limit in batches per second that backs off on 429 and on the destination's
 //! own "percentage used" signal, and a pause that honours `Retry-After`.
+//!
+//! A destination's rate limit is the workspace's (mParticle enforces it per key, however many
+//! clients share the key): with several delivery processes, each takes an equal share of it
+//! ([`Peers`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+/// How many delivery processes share each destination's rate limit (at least 1); whoever
+/// discovers them updates it, and every limiter holding a clone sees the change.
+#[derive(Debug, Clone)]
+pub struct Peers(Arc<AtomicUsize>);
+
+impl Default for Peers {
+    fn default() -> Self {
+        Peers(Arc::new(AtomicUsize::new(1)))
+    }
+}
+
+impl PartialEq for Peers {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Peers {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed).max(1)
+    }
+
+    pub fn set(&self, count: usize) {
+        let count = count.max(1);
+        if self.0.swap(count, Ordering::Relaxed) != count {
+            metrics::gauge!("mpconnect_delivery_peers").set(count as f64);
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitSettings {
     /// Requests in flight: start here, never above `max_concurrency`, never below 1.
     pub initial_concurrency: usize,
     pub max_concurrency: usize,
-    /// Batches per second; `None` for no limit. mParticle's default is 270.
+    /// Batches per second for the whole workspace, shared by `peers`; `None` for no limit.
+    /// mParticle's default is 270.
     pub rate: Option<f64>,
+    /// The delivery processes sharing `rate`.
+    pub peers: Peers,
     /// The rate never falls below this when slowing down (batches per second).
     pub min_rate: f64,
     /// On a 2xx reporting at least this share of the destination's limit used, slow down.
@@ -26,9 +64,17 @@ impl Default for LimitSettings {
             initial_concurrency: 4,
             max_concurrency: 32,
             rate: None,
+            peers: Peers::default(),
             min_rate: 1.0,
             slow_down_at_percent: 80,
         }
+    }
+}
+
+impl LimitSettings {
+    /// This process's share of the rate limit now.
+    fn ceiling(&self) -> Option<f64> {
+        self.rate.map(|rate| rate / self.peers.get() as f64)
     }
 }
 
@@ -90,7 +136,7 @@ impl Limiter {
                 .initial_concurrency
                 .clamp(1, settings.max_concurrency.max(1)) as f64,
             in_flight: 0,
-            rate: settings.rate,
+            rate: settings.ceiling(),
             next_free: Instant::now(),
             paused_until: None,
         };
@@ -157,6 +203,10 @@ impl Limiter {
         if state.in_flight >= state.concurrency.floor().max(1.0) as usize {
             return Ok(None);
         }
+        // A peer joined since: never above this process's share.
+        if let (Some(rate), Some(ceiling)) = (state.rate, self.settings.ceiling()) {
+            state.rate = Some(rate.min(ceiling));
+        }
         let wait = match state.rate {
             Some(rate) => {
                 let start = state.next_free.max(now);
@@ -201,12 +251,12 @@ impl Limiter {
                         // Slow down before the destination has to say 429.
                         state.rate = state
                             .rate
-                            .or(settings.rate)
+                            .or(settings.ceiling())
                             .map(|r| (r * 0.9).max(settings.min_rate));
                     } else {
                         state.concurrency = (state.concurrency + 1.0 / state.concurrency).min(max);
                         // Additive increase: back to the ceiling within twenty good answers.
-                        if let (Some(rate), Some(ceiling)) = (state.rate, settings.rate) {
+                        if let (Some(rate), Some(ceiling)) = (state.rate, settings.ceiling()) {
                             state.rate = Some((rate + ceiling * 0.05).min(ceiling));
                         }
                     }
@@ -215,7 +265,7 @@ impl Limiter {
                     state.concurrency = (state.concurrency / 2.0).max(1.0);
                     state.rate = state
                         .rate
-                        .or(settings.rate)
+                        .or(settings.ceiling())
                         .map(|r| (r * 0.75).max(settings.min_rate));
                 }
                 Signal::Overloaded => {
@@ -252,6 +302,7 @@ mod tests {
             initial_concurrency: 4,
             max_concurrency: 8,
             rate: Some(270.0),
+            peers: Peers::default(),
             min_rate: 10.0,
             slow_down_at_percent: 80,
         }
@@ -293,6 +344,34 @@ mod tests {
             limiter.current().1.unwrap() > 243.0,
             "recovers when well under"
         );
+    }
+
+    #[tokio::test]
+    async fn each_peer_takes_an_equal_share_of_the_rate() {
+        let peers = Peers::default();
+        let limiter = Limiter::new(
+            "t",
+            LimitSettings {
+                peers: peers.clone(),
+                ..settings()
+            },
+        );
+        peers.set(3);
+        drop(limiter.acquire(1, soon()).await.unwrap());
+        assert_eq!(limiter.current().1, Some(90.0), "a third of 270");
+        limiter.record(Signal::Success { percent_used: None });
+        assert_eq!(limiter.current().1, Some(90.0), "never above the share");
+        peers.set(1);
+        for _ in 0..40 {
+            limiter.record(Signal::Success { percent_used: None });
+        }
+        assert_eq!(
+            limiter.current().1,
+            Some(270.0),
+            "the whole rate again once alone"
+        );
+        peers.set(0);
+        assert_eq!(peers.get(), 1, "never fewer than this process");
     }
 
     fn soon() -> Instant {

@@ -1,8 +1,10 @@
 //! A fake mParticle Events API for tests and benchmarks, enforcing the real contract: HTTP
 //! Basic, at most 100 batches and 256 KB a request, at most 128 KB a batch, every batch valid
 //! against mParticle's official JSON Schema (`reference/mparticle/`). It can be told to answer
-//! 429 (with or without `Retry-After`), 503, 400 for chosen batches, 403, or to hang, and it
-//! records every request and every breach of the contract. Not for production use.
+//! 429 (with or without `Retry-After`), 503, 400 for chosen batches, 403, or to hang, to
+//! enforce a rate limit in batches per second for its key as mParticle does (429 past it, the
+//! share used on every 2xx), and it records every request and every breach of the contract.
+//! Not for production use.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -42,6 +44,19 @@ pub struct Behaviour {
     pub skip_schema: bool,
     /// Check the limits only, count accepted batches and keep nothing (benchmarks).
     pub count_only: bool,
+    /// The key's rate limit in batches per second, over every client that uses the key: a
+    /// bucket of one second's batches, refilled continuously; a request needing more batches
+    /// than the bucket holds is answered 429 (`X-mp-rate-limit-exceeded: app`, no
+    /// `Retry-After`), and every 2xx says how full the bucket is
+    /// (`X-mp-rate-limit-percentage-used`), unless `percent_used` is given.
+    pub rate_limit: Option<f64>,
+}
+
+/// Tokens (batches) left in the rate limit's bucket, as of `at`.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +83,7 @@ pub struct FakeState {
     throttled: Mutex<Vec<(Instant, Duration)>>,
     validator: jsonschema::Validator,
     count: Mutex<u64>,
+    bucket: Mutex<Option<Bucket>>,
     /// Batches accepted, and their bytes (with `count_only` too).
     pub accepted_batches: std::sync::atomic::AtomicU64,
     pub accepted_bytes: std::sync::atomic::AtomicU64,
@@ -117,6 +133,7 @@ impl FakeMparticle {
             throttled: Mutex::default(),
             validator: validator(),
             count: Mutex::new(0),
+            bucket: Mutex::new(None),
             accepted_batches: Default::default(),
             accepted_bytes: Default::default(),
         });
@@ -332,12 +349,33 @@ fn check(
             return (429, n, response);
         }
     }
+    let mut percent_used = behaviour.percent_used;
+    if let Some(rate) = behaviour.rate_limit {
+        let rate = rate.max(1.0);
+        let now = Instant::now();
+        let mut bucket = state.bucket.lock().unwrap();
+        let bucket = bucket.get_or_insert(Bucket {
+            tokens: rate,
+            at: now,
+        });
+        bucket.tokens = (bucket.tokens + (now - bucket.at).as_secs_f64() * rate).min(rate);
+        bucket.at = now;
+        if (n as f64) > bucket.tokens {
+            let mut response = error(429, "TOO_MANY_REQUESTS", "rate limit exceeded");
+            response
+                .headers_mut()
+                .insert("x-mp-rate-limit-exceeded", "app".parse().unwrap());
+            return (429, n, response);
+        }
+        bucket.tokens -= n as f64;
+        percent_used = percent_used.or(Some((100.0 * (1.0 - bucket.tokens / rate)).round() as u8));
+    }
     use std::sync::atomic::Ordering::Relaxed;
     state.accepted_batches.fetch_add(n as u64, Relaxed);
     state.accepted_bytes.fetch_add(bytes as u64, Relaxed);
     state.accepted.lock().unwrap().extend(parsed);
     let mut response = StatusCode::ACCEPTED.into_response();
-    if let Some(percent) = behaviour.percent_used {
+    if let Some(percent) = percent_used {
         response.headers_mut().insert(
             "x-mp-rate-limit-percentage-used",
             percent.to_string().parse().unwrap(),

@@ -41,6 +41,8 @@ pub struct Config {
     #[serde(default)]
     pub transform: TransformConfig,
     #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
     pub telemetry: Telemetry,
     #[serde(default)]
     pub shutdown: Shutdown,
@@ -268,6 +270,16 @@ impl Default for TransformConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
+pub struct DeliveryConfig {
+    /// Every delivery process sharing the destinations' rate limits, as `host:port` names,
+    /// comma-separated; each address a name resolves to is one process (in Kubernetes, the
+    /// headless Service: one address per ready pod). Each process sends at most its equal share
+    /// of a destination's `rate_limit`, which mParticle enforces per key, however many clients
+    /// share the key. Unset: this process alone.
+    pub peers: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 pub struct Telemetry {
     /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
     pub log_format: Option<String>,
@@ -485,26 +497,68 @@ fn set(table: &mut toml::Table, path: &str, raw: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Which secrets a process reads: the sources' (ingest) and the destinations' (delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretsOf {
+    pub sources: bool,
+    pub destinations: bool,
+}
+
+impl SecretsOf {
+    pub const ALL: SecretsOf = SecretsOf {
+        sources: true,
+        destinations: true,
+    };
+}
+
 impl Config {
     pub fn source(&self, id: &str) -> Option<&SourceConfig> {
         self.sources.iter().find(|s| s.id == id)
     }
 
+    /// The environment variables holding the secrets that `of` reads.
+    pub fn secret_env_vars(&self, of: SecretsOf) -> Vec<String> {
+        let sources = self
+            .sources
+            .iter()
+            .filter(|_| of.sources)
+            .flat_map(|s| [&s.api_key, &s.api_secret]);
+        let destinations = self
+            .destinations
+            .iter()
+            .filter(|_| of.destinations)
+            .flat_map(|d| [&d.api_key, &d.api_secret, &d.authorization]);
+        let mut names: Vec<String> = sources
+            .chain(destinations)
+            .filter_map(|s| match s {
+                Some(SecretConfig::Env(name)) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Every problem, each with its path: references, required settings per kind, secrets
-    /// that cannot be read, addresses that do not parse, rules that are wrong.
-    pub fn problems(&self) -> Vec<String> {
+    /// that cannot be read (of those that `of` reads: a stage's pods hold only their own),
+    /// addresses that do not parse, rules that are wrong.
+    pub fn problems_for(&self, of: SecretsOf) -> Vec<String> {
         let mut problems = Vec::new();
-        let check_secret =
-            |at: String, secret: &Option<SecretConfig>, problems: &mut Vec<String>| match secret {
-                None => problems.push(format!("{at}: required")),
-                // Created at start when missing: nothing to read yet.
-                Some(SecretConfig::File { generate: true, .. }) => {}
-                Some(s) => {
-                    if let Err(e) = s.source(&self.data_dir).load() {
-                        problems.push(format!("{at}: {e}"));
-                    }
+        let check_secret = |at: String,
+                            secret: &Option<SecretConfig>,
+                            reads: bool,
+                            problems: &mut Vec<String>| match secret {
+            None => problems.push(format!("{at}: required")),
+            Some(_) if !reads => {}
+            // Created at start when missing: nothing to read yet.
+            Some(SecretConfig::File { generate: true, .. }) => {}
+            Some(s) => {
+                if let Err(e) = s.source(&self.data_dir).load() {
+                    problems.push(format!("{at}: {e}"));
                 }
-            };
+            }
+        };
         for (name, addr) in [
             ("listen.ingest", &self.listen.ingest),
             ("listen.delivery", &self.listen.delivery),
@@ -545,8 +599,18 @@ impl Config {
             }
             match s.kind.as_str() {
                 "http" => {
-                    check_secret(format!("{at}.api_key"), &s.api_key, &mut problems);
-                    check_secret(format!("{at}.api_secret"), &s.api_secret, &mut problems);
+                    check_secret(
+                        format!("{at}.api_key"),
+                        &s.api_key,
+                        of.sources,
+                        &mut problems,
+                    );
+                    check_secret(
+                        format!("{at}.api_secret"),
+                        &s.api_secret,
+                        of.sources,
+                        &mut problems,
+                    );
                 }
                 "s3" => {
                     if s.notification_queue.is_none() {
@@ -582,8 +646,14 @@ impl Config {
                         (None, Some(_)) => {}
                         _ => problems.push(format!("{at}: give exactly one of pod or base_url")),
                     }
-                    check_secret(format!("{at}.api_key"), &d.api_key, &mut problems);
-                    check_secret(format!("{at}.api_secret"), &d.api_secret, &mut problems);
+                    let reads = of.destinations;
+                    check_secret(format!("{at}.api_key"), &d.api_key, reads, &mut problems);
+                    check_secret(
+                        format!("{at}.api_secret"),
+                        &d.api_secret,
+                        reads,
+                        &mut problems,
+                    );
                 }
                 "webhook" => {
                     if d.url.is_none() {
@@ -593,6 +663,7 @@ impl Config {
                         check_secret(
                             format!("{at}.authorization"),
                             &d.authorization,
+                            of.destinations,
                             &mut problems,
                         );
                     }
@@ -628,6 +699,12 @@ impl Config {
                     }
                 }
                 Err(p) => problems.push(format!("{at}.rules.{p}")),
+            }
+        }
+        for name in self.delivery.peers.iter().flat_map(|p| p.split(',')) {
+            let port = name.trim().rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                problems.push(format!("delivery.peers: {name:?} is not host:port"));
             }
         }
         if let Some(format) = &self.telemetry.log_format
@@ -672,7 +749,7 @@ mod tests {
     fn the_shipped_default_is_valid() {
         let (config, unknown) = parse(LOCAL_DEFAULT, []).unwrap();
         assert_eq!(unknown, Vec::<String>::new());
-        assert_eq!(config.problems(), Vec::<String>::new());
+        assert_eq!(config.problems_for(SecretsOf::ALL), Vec::<String>::new());
     }
 
     #[test]
@@ -699,7 +776,7 @@ mod tests {
             destinations = ["mp", "missing"]
         "#;
         let (config, mut problems) = parse(text, []).unwrap();
-        problems.extend(config.problems());
+        problems.extend(config.problems_for(SecretsOf::ALL));
         for expected in [
             "colour: unknown key",
             "destinations.0.typo_here: unknown key",
@@ -775,5 +852,42 @@ mod tests {
                 generate: true
             })
         );
+    }
+
+    #[test]
+    fn each_stage_needs_only_the_secrets_it_reads() {
+        let text = "[[sources]]\nid='web'\nkind='http'\napi_key={env='MPC_TEST_UNSET_SOURCE_KEY'}\n\
+                    api_secret={env='MPC_TEST_UNSET_SOURCE_SECRET'}\n\
+                    [[destinations]]\nid='mp'\nkind='mparticle'\npod='us1'\n\
+                    api_key={env='MPC_TEST_UNSET_MP_KEY'}\napi_secret='inline'";
+        let (c, _) = parse(text, []).unwrap();
+        let missing = |of| {
+            c.problems_for(of)
+                .into_iter()
+                .filter(|p| p.contains("MPC_TEST_UNSET"))
+                .count()
+        };
+        let ingest = SecretsOf {
+            sources: true,
+            destinations: false,
+        };
+        let delivery = SecretsOf {
+            sources: false,
+            destinations: true,
+        };
+        let transform = SecretsOf {
+            sources: false,
+            destinations: false,
+        };
+        assert_eq!(missing(SecretsOf::ALL), 3);
+        assert_eq!(missing(ingest), 2, "ingest reads the sources' secrets");
+        assert_eq!(missing(delivery), 1, "delivery reads the destinations'");
+        assert_eq!(missing(transform), 0, "the transform reads none");
+        assert_eq!(
+            c.secret_env_vars(ingest),
+            ["MPC_TEST_UNSET_SOURCE_KEY", "MPC_TEST_UNSET_SOURCE_SECRET"]
+        );
+        assert_eq!(c.secret_env_vars(delivery), ["MPC_TEST_UNSET_MP_KEY"]);
+        assert!(c.secret_env_vars(transform).is_empty());
     }
 }

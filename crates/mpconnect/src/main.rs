@@ -43,6 +43,16 @@ pub struct ConfigArgs {
     pub log_format: Option<String>,
 }
 
+#[derive(clap::Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Check as this stage will run: only the secrets it reads must be there (ingest reads the
+    /// sources', delivery the destinations', the transform none). Prints their env vars.
+    #[arg(long, value_enum, default_value = "all")]
+    pub stage: run::Target,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Every stage in one process: the embedded queue, the real gRPC hop on loopback.
@@ -54,7 +64,7 @@ enum Command {
     /// The delivery stage: the gRPC server, the destinations, retry queues and dead letters.
     Delivery(ConfigArgs),
     /// Check a configuration: every problem at once, each with its path in the file.
-    Validate(ConfigArgs),
+    Validate(ValidateArgs),
     /// Credentials for a source.
     #[command(subcommand)]
     Keys(KeysCommand),

@@ -13,7 +13,7 @@ use crate::ConfigArgs;
 use crate::config::{self, Config};
 use crate::stages::{self, Shared};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
     All,
     Ingest,
@@ -21,9 +21,13 @@ pub enum Target {
     Delivery,
 }
 
-pub fn validate(args: ConfigArgs) -> anyhow::Result<()> {
+pub fn validate(args: crate::ValidateArgs) -> anyhow::Result<()> {
+    let crate::ValidateArgs {
+        config: args,
+        stage,
+    } = args;
     let (config, mut problems) = config::load(args.config.as_deref())?;
-    problems.extend(config.problems());
+    problems.extend(config.problems_for(stage.secrets()));
     let name = args
         .config
         .as_ref()
@@ -32,6 +36,11 @@ pub fn validate(args: ConfigArgs) -> anyhow::Result<()> {
         });
     if problems.is_empty() {
         println!("{name}: valid");
+        // What deployments check against: a stage is given no secret it does not read.
+        println!(
+            "secrets read from the environment: {}",
+            config.secret_env_vars(stage.secrets()).join(" ")
+        );
         return Ok(());
     }
     for problem in &problems {
@@ -45,7 +54,7 @@ fn load(
     target: Target,
 ) -> anyhow::Result<(Config, Option<runtime::telemetry::Tracing>)> {
     let (config, mut problems) = config::load(args.config.as_deref())?;
-    problems.extend(config.problems());
+    problems.extend(config.problems_for(target.secrets()));
     let tracing = crate::init_logs(
         Some(&config),
         args.log_format.as_deref(),
@@ -120,6 +129,15 @@ async fn serve_admin(
 }
 
 impl Target {
+    /// The secrets this target reads, and so checks at start: nothing more, so that each
+    /// stage's pods can be given only their own.
+    pub fn secrets(self) -> config::SecretsOf {
+        config::SecretsOf {
+            sources: matches!(self, Target::All | Target::Ingest),
+            destinations: matches!(self, Target::All | Target::Delivery),
+        }
+    }
+
     /// `service.name` of its spans; `all` is one service, its spans name their stage.
     fn service_name(self) -> &'static str {
         match self {
@@ -152,6 +170,23 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
     let mut delivery_task = None;
     let mut in_process_delivery = None;
     if runs(Target::Delivery) {
+        if let Some(names) = shared.config.delivery.peers.clone() {
+            // Counted before the first request, so no pod starts at the whole rate.
+            match tokio::time::timeout(stages::RESOLVE_EVERY, stages::peer_count(&names)).await {
+                Ok(Ok(count)) => shared.peers.set(count),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot count delivery peers yet"),
+                Err(_) => tracing::warn!("counting delivery peers takes too long; retrying"),
+            }
+            tracing::info!(
+                peers = shared.peers.get(),
+                "each takes an equal share of the rate limits"
+            );
+            tokio::spawn(stages::count_peers(
+                names,
+                shared.peers.clone(),
+                delivery_stopped(),
+            ));
+        }
         let delivery = stages::delivery(&shared).await?;
         if target == Target::All {
             in_process_delivery = Some(delivery.clone());

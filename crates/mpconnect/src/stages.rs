@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use delivery::file::{FileDriver, FileSettings};
-use delivery::limit::LimitSettings;
+use delivery::limit::{LimitSettings, Peers};
 use delivery::mparticle::{MparticleDriver, MparticleSettings, Pod};
 use delivery::s3::{S3Driver, S3ExportSettings};
 use delivery::webhook::{WebhookDriver, WebhookSettings};
@@ -34,6 +34,8 @@ pub struct Shared {
     aws: Option<aws_config::SdkConfig>,
     db: Option<EmbeddedDb>,
     pub store: AnyStore,
+    /// The delivery processes sharing the destinations' rate limits.
+    pub peers: Peers,
 }
 
 impl Shared {
@@ -78,6 +80,7 @@ impl Shared {
             aws,
             db,
             store,
+            peers: Peers::default(),
         })
     }
 
@@ -214,6 +217,53 @@ pub async fn transform(shared: &Shared, client: DeliveryClient) -> anyhow::Resul
         .map_err(|problems| anyhow::anyhow!("the transform's settings: {}", problems.join("; ")))
 }
 
+/// How often delivery counts its peers, and the transform re-resolves delivery's addresses.
+/// `scripts/check-manifests.py` reads this: delivery's `preStop` must outlast it plus the DNS
+/// TTL, so no transform still calls a pod that has begun to stop.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Counts the delivery processes named by `delivery.peers` (every address each name resolves
+/// to) every [`RESOLVE_EVERY`], and sets `peers` to the count, until `stopped`. When a lookup
+/// fails, the last count stands: a DNS hiccup must not double every pod's rate.
+pub async fn count_peers(
+    names: String,
+    peers: Peers,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    let counting = async {
+        loop {
+            tokio::time::sleep(RESOLVE_EVERY).await;
+            match peer_count(&names).await {
+                Ok(count) => {
+                    if count.max(1) != peers.get() {
+                        tracing::info!(
+                            peers = count,
+                            "delivery peers changed; each takes an equal share of the rate limits"
+                        );
+                    }
+                    peers.set(count);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count delivery peers; keeping the last count")
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = counting => {}
+        _ = stopped => {}
+    }
+}
+
+/// The distinct addresses that the comma-separated `host:port` names resolve to.
+pub async fn peer_count(names: &str) -> std::io::Result<usize> {
+    let mut found = std::collections::HashSet::new();
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        found.extend(tokio::net::lookup_host(name).await?);
+    }
+    Ok(found.len())
+}
+
 /// How long the transform waits for delivery's answer to one call.
 pub const DELIVER_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -225,7 +275,7 @@ pub fn delivery_client(endpoint: &str) -> anyhow::Result<DeliveryClient> {
         .with_context(|| format!("the delivery endpoint {endpoint:?} is not host:port"))?;
     Ok(DeliveryClient::balanced(
         transform::client::dns(host, port),
-        Duration::from_secs(5),
+        RESOLVE_EVERY,
         DELIVER_DEADLINE,
     ))
 }
@@ -269,12 +319,14 @@ fn driver(shared: &Shared, d: &DestinationConfig) -> anyhow::Result<Arc<dyn Driv
             if let Some(rate) = d.rate_limit {
                 settings.limit.rate = (rate > 0.0).then_some(rate);
             }
+            settings.limit.peers = shared.peers.clone();
             http_overrides(d, &mut settings.limit, &mut settings.request_timeout);
             Arc::new(MparticleDriver::new(&d.id, settings)?)
         }
         "webhook" => {
             let mut settings = WebhookSettings::new(d.url.clone().context("url is required")?);
             settings.authorization = d.authorization.as_ref().map(|a| a.source(data_dir));
+            settings.limit.peers = shared.peers.clone();
             http_overrides(d, &mut settings.limit, &mut settings.request_timeout);
             Arc::new(WebhookDriver::new(&d.id, settings)?)
         }
