@@ -105,6 +105,9 @@ def check_object(value, cls, path, errors):
             errors.append(f"{path}: {cls.__name__} requires {name}")
 
 
+# Gauges of a whole queue, exported alike by every pod that reads it (N pods, N copies).
+QUEUE_WIDE = ("mpconnect_queue_depth", "mpconnect_queue_oldest_message_age_seconds")
+
 # Fields the schema marks required but gives a default Grafana fills in on load.
 DEFAULTED = {
     model.Panel: ("type_val",),
@@ -132,6 +135,15 @@ def main(paths):
         for panel in dashboard.get("panels", []):
             if isinstance(panel, dict) and panel.get("type") != "row" and not panel.get("targets"):
                 errors.append(f"$.panels[id={panel.get('id')}]: a panel with no query")
+            for target in panel.get("targets", []) if isinstance(panel, dict) else []:
+                expr = target.get("expr", "") if isinstance(target, dict) else ""
+                for gauge in QUEUE_WIDE:
+                    summed = rf"\b(?:sum|avg)\s*(?:(?:by|without)\s*\([^()]*\)\s*)?\(\s*{gauge}\b"
+                    if re.search(summed, expr):
+                        errors.append(
+                            f"$.panels[id={panel.get('id')}]: {expr!r} sums {gauge}, which every pod "
+                            "exports with the queue's whole value: read it with max"
+                        )
         for error in errors:
             print(f"{path}: {error}")
         failed |= bool(errors)
