@@ -316,13 +316,27 @@ API_PATHS = {"/v2", "/events", "/bulkevents", "/webhook"}
 DNS_TTL_SECS = 5
 
 
-def resolve_every_secs():
-    """How often the transform re-resolves delivery (stages::RESOLVE_EVERY), from the source."""
-    with open(os.path.join(ROOT, "crates/mpconnect/src/stages.rs"), encoding="utf-8") as f:
-        found = re.search(r"RESOLVE_EVERY: Duration = Duration::from_secs\((\d+)\)", f.read())
+def source_number(path, pattern):
+    """A number the code defines (group 1 of `pattern` in `path`): the checks follow the code."""
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        found = re.search(pattern, f.read())
     if found is None:
-        sys.exit("stages::RESOLVE_EVERY not found in crates/mpconnect/src/stages.rs")
+        sys.exit(f"{pattern!r} not found in {path}")
     return int(found.group(1))
+
+
+def report(what, problems, fine):
+    """Exits listing `problems`, or prints what was found `fine`."""
+    if problems:
+        sys.exit(f"{what}:\n  " + "\n  ".join(problems))
+    print(f"{what}: {fine}")
+
+
+def resolve_every_secs():
+    """How often the transform re-resolves delivery (stages::RESOLVE_EVERY)."""
+    return source_number(
+        "crates/mpconnect/src/stages.rs", r"RESOLVE_EVERY: Duration = Duration::from_secs\((\d+)\)"
+    )
 
 
 def drain_secs(docs):
@@ -459,18 +473,12 @@ def policy(overlays):
                     )
         if not grpc_guarded:
             problems.append("no NetworkPolicy lets only the transform call delivery's gRPC")
-        if problems:
-            sys.exit(f"{overlay}:\n  " + "\n  ".join(problems))
-        print(f"{overlay}: {len(deployments)} Deployments safe to roll, scale and expose")
+        report(overlay, problems, f"{len(deployments)} Deployments safe to roll, scale and expose")
 
 
 # queues.max_receives's default (config.rs): SQS's own redrive must come after mpconnect's.
 def default_max_receives():
-    with open(os.path.join(ROOT, "crates/mpconnect/src/config.rs"), encoding="utf-8") as f:
-        found = re.search(r"fn default_max_receives\(\) -> u32 \{\s*(\d+)\s*\}", f.read())
-    if found is None:
-        sys.exit("default_max_receives not found in crates/mpconnect/src/config.rs")
-    return int(found.group(1))
+    return source_number("crates/mpconnect/src/config.rs", r"fn default_max_receives\(\) -> u32 \{\s*(\d+)\s*\}")
 
 
 RETRY_WINDOW_SECS = 4 * 3600
@@ -550,9 +558,7 @@ def queues(paths):
                 problems.append(f"{name}: retention {retention} s is under 4 days")
         if not found:
             problems.append("no queues")
-        if problems:
-            sys.exit(f"{path}:\n  " + "\n  ".join(problems))
-        print(f"{path}: {len(found)} queues with settings safe for mpconnect's retries")
+        report(path, problems, f"{len(found)} queues with settings safe for mpconnect's retries")
 
 
 def exported_metrics():
@@ -641,9 +647,7 @@ def alerts(paths):
         for needed in ("PrometheusRule", "ServiceMonitor"):
             if needed not in kinds:
                 problems.append(f"no {needed}")
-        if problems:
-            sys.exit(f"{path}:\n  " + "\n  ".join(problems))
-        print(f"{path}: {sorted(kinds)} valid; every rule parses, reads exported metrics, links to the runbook")
+        report(path, problems, f"{sorted(kinds)} valid; every rule parses, reads exported metrics, links to the runbook")
 
 
 
@@ -695,9 +699,7 @@ def dockerfile(path):
         )
     if len(external) < 2:
         problems.append("expected a builder and a runtime image")
-    if problems:
-        sys.exit(f"{path}:\n  " + "\n  ".join(problems))
-    print(f"{path}: {', '.join(external)}: pinned, all on Debian {next(iter(releases.values()))}")
+    report(path, problems, f"{', '.join(external)}: pinned, all on Debian {next(iter(releases.values()), None)}")
 
 
 # Images past their end of life.
@@ -728,9 +730,7 @@ def compose(path, init_script):
                 )
             elif not any(marks[-1] in line for line in last_line[-2:]):
                 problems.append(f"{init_script}: the ready mark is not made at the end")
-    if problems:
-        sys.exit(f"{path}:\n  " + "\n  ".join(problems))
-    print(f"{path}: images pinned and supported; LocalStack healthy once {init_script} has finished")
+    report(path, problems, f"images pinned and supported; LocalStack healthy once {init_script} has finished")
 
 
 def main(argv):
