@@ -123,7 +123,13 @@ pub fn short(body: &[u8]) -> String {
     text.into_owned()
 }
 
-/// `Retry-After` as delay-seconds (the form mParticle documents); HTTP dates are ignored.
+/// The longest `Retry-After` honoured. A destination asking for more is read as asking for
+/// this: a larger value would park a destination for years (or overflow the clock), while the
+/// retry window (4 h by default) decides when parked data is given up on.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// `Retry-After` as delay-seconds (the form mParticle documents), at most [`MAX_RETRY_AFTER`];
+/// HTTP dates are ignored.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)?
@@ -132,7 +138,7 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .trim()
         .parse::<u64>()
         .ok()
-        .map(Duration::from_secs)
+        .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// Lines handed to a writer task, and where it answers once they are durable.
@@ -167,4 +173,26 @@ pub async fn write_through(
             None => Answer::reject("no batch"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(value: &str) -> Option<Duration> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+        retry_after(&headers)
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_bounded() {
+        assert_eq!(answered("7"), Some(Duration::from_secs(7)));
+        assert_eq!(answered("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(answered("86400"), Some(MAX_RETRY_AFTER), "a day is capped");
+        // Added to `Instant::now()` unbounded, this would overflow and panic.
+        let huge = answered(&u64::MAX.to_string()).unwrap();
+        assert_eq!(huge, MAX_RETRY_AFTER);
+        assert!(std::time::Instant::now().checked_add(huge).is_some());
+    }
 }

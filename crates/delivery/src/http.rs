@@ -40,6 +40,9 @@ impl Poster {
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(limit.max_concurrency)
             .tcp_nodelay(true)
+            // A redirect is an answer, not a delivery: following it would turn the POST into a
+            // GET of whatever page it names and record that page's 200 as delivered.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("mpconnect/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Poster {
@@ -152,8 +155,10 @@ impl Poster {
     }
 
     /// Sends and sorts the answer: 2xx delivered; 401/403 our credentials; 429 slow down and
-    /// honour `Retry-After`; 408 and 5xx, timeouts and connection errors temporary; any other
-    /// status a refusal of the data.
+    /// honour `Retry-After`; 408 and 5xx, timeouts and connection errors temporary; a redirect
+    /// temporary too (the destination is misconfigured, not the data wrong: parked, and
+    /// dead-lettered with the answer only past the retry window); any other status a refusal
+    /// of the data.
     async fn send(&self, request: reqwest::RequestBuilder, permit: Permit) -> Answer {
         let limiter = &self.limiter;
         let started = Instant::now();
@@ -177,7 +182,12 @@ impl Poster {
                 } else {
                     "connection"
                 };
-                (Answer::retry(format!("{why}: {e}")), why.to_owned())
+                // Never the URL: a webhook's often carries its token, and this detail goes to
+                // logs, dead letters and readiness answers.
+                (
+                    Answer::retry(format!("{why}: {}", e.without_url())),
+                    why.to_owned(),
+                )
             }
         };
         drop(permit);
@@ -212,6 +222,11 @@ fn classify(status: u16, headers: &HeaderMap, detail: String, limiter: &Limiter)
                 after,
             }
         }
+        300..=399 => Answer::Retry {
+            detail,
+            status: Some(status),
+            after: None,
+        },
         408 | 500..=599 => {
             limiter.record(Signal::Overloaded);
             Answer::Retry {

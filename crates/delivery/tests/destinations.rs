@@ -370,3 +370,62 @@ async fn a_hanging_destination_does_not_slow_another() {
     assert!(hanging.accepted().is_empty());
     stage.stop().await;
 }
+
+/// A webhook that answers with a redirect has not taken the batch: following it would turn the
+/// POST into a GET of whatever page it names, and record a 200 for data nobody received.
+#[tokio::test]
+async fn a_webhook_redirect_is_not_a_delivery() {
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::FOUND,
+                    [(axum::http::header::LOCATION, "/moved")],
+                )
+            }),
+        )
+        .route("/moved", axum::routing::any(|| async { "a login page" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let driver = WebhookDriver::new("hook", WebhookSettings::new(url)).unwrap();
+    let answers = driver
+        .send(
+            &[routed(batch(1, "redirected", 1))],
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        matches!(
+            &answers[0],
+            mpconnect_delivery::Answer::Retry {
+                status: Some(302),
+                ..
+            }
+        ),
+        "{answers:?}"
+    );
+}
+
+/// A webhook URL often carries its token: an error must not copy it into dead letters, logs
+/// or readiness answers.
+#[tokio::test]
+async fn a_webhook_error_does_not_carry_its_url() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("http://127.0.0.1:{port}/hooks/T0-secret-token-5e1f");
+    let driver = WebhookDriver::new("hook", WebhookSettings::new(url)).unwrap();
+    let answers = driver
+        .send(
+            &[routed(batch(1, "unreachable", 1))],
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await;
+    let mpconnect_delivery::Answer::Retry { detail, .. } = &answers[0] else {
+        panic!("{answers:?}");
+    };
+    assert!(detail.contains("connection"), "{detail}");
+    assert!(!detail.contains("secret-token"), "the URL leaked: {detail}");
+}
