@@ -83,6 +83,26 @@ async fn local_directory_refuses_keys_that_leave_it() {
     }
 }
 
+/// A write that fails leaves nothing behind: no half-written `.partial-` file to fill the disk
+/// or be mistaken for data.
+#[tokio::test]
+async fn a_failed_local_write_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(dir.path());
+    // The key's place is taken by a directory that is not empty: the final rename fails.
+    std::fs::create_dir_all(dir.path().join("in/taken/inside")).unwrap();
+    let err = store
+        .put("in/taken", Bytes::from_static(b"body"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("in"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["taken"], "a partial file was left behind");
+}
+
 #[tokio::test]
 async fn s3() {
     let (config, settings) = common::aws().await;

@@ -49,15 +49,26 @@ impl ObjectStore for LocalStore {
         }
         // Written aside and renamed: a reader sees the whole object or none of it.
         let partial = path.with_extension(format!("partial-{}", uuid::Uuid::new_v4()));
-        let mut file = tokio::fs::File::create(&partial)
-            .await
-            .map_err(|e| io_error(key, e))?;
-        file.write_all(&body).await.map_err(|e| io_error(key, e))?;
-        file.sync_all().await.map_err(|e| io_error(key, e))?;
-        drop(file);
-        tokio::fs::rename(&partial, &path)
-            .await
-            .map_err(|e| io_error(key, e))
+        let written = async {
+            let mut file = tokio::fs::File::create(&partial).await?;
+            file.write_all(&body).await?;
+            file.sync_all().await?;
+            drop(file);
+            tokio::fs::rename(&partial, &path).await?;
+            // The rename is durable only once the directory is: without this, a power loss
+            // could lose an object whose put had returned.
+            if let Some(dir) = path.parent() {
+                tokio::fs::File::open(dir).await?.sync_all().await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            // Nothing half-written is left to fill the disk.
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(io_error(key, e));
+        }
+        Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StoreError> {
