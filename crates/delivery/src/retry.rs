@@ -90,8 +90,16 @@ pub struct Parked {
     pub attempts: u32,
 }
 
-pub fn parked_from(received: &Received) -> Result<Parked, prost::DecodeError> {
-    let batch = RoutedBatch::decode(received.body.as_ref())?;
+/// The parked batch a retry-queue message holds; an error for one that holds none (a missing
+/// claim-checked body is never read as an empty batch).
+pub fn parked_from(received: &Received) -> Result<Parked, String> {
+    if let Some(key) = received.missing_body() {
+        return Err(format!("its claim-checked body {key} is missing"));
+    }
+    let batch = RoutedBatch::decode(received.body.as_ref()).map_err(|e| e.to_string())?;
+    if batch.batch.is_none() {
+        return Err("it holds no batch".into());
+    }
     let attribute = |key: &str| received.attributes.get(key).map(String::as_str);
     let before: u32 = attribute(attr::ATTEMPTS)
         .and_then(|v| v.parse().ok())
@@ -108,6 +116,34 @@ pub fn parked_from(received: &Received) -> Result<Parked, prost::DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn received(body: Vec<u8>) -> Received {
+        Received {
+            message_id: "m".into(),
+            receipt: runtime::Receipt("r".into()),
+            body: body.into(),
+            attributes: Default::default(),
+            receive_count: 1,
+            sent_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_parked_message_without_a_batch_is_never_read_as_one() {
+        let whole = RoutedBatch {
+            key: "k".into(),
+            batch: Some(schema::v1::Batch::default()),
+            ..Default::default()
+        };
+        assert!(parked_from(&received(whole.encode_to_vec())).is_ok());
+        // An empty body decodes as a RoutedBatch without a batch.
+        assert!(parked_from(&received(Vec::new())).is_err());
+        let mut gone = received(Vec::new());
+        gone.attributes
+            .insert(queue_attr::CLAIM_CHECK.into(), "claims/gone".into());
+        let why = parked_from(&gone).err().unwrap();
+        assert!(why.contains("claims/gone is missing"), "{why}");
+    }
 
     #[test]
     fn backoff_grows_with_full_jitter_and_honours_retry_after() {

@@ -226,6 +226,41 @@ pub async fn claim_check_round_trip_of_1_mib(f: Fixture) {
     );
 }
 
+/// An ack with a receipt that no longer holds the message (its visibility ran out and another
+/// consumer has it) deletes nothing: neither the message nor its claim-checked body, which the
+/// next receive still needs.
+pub async fn a_stale_ack_keeps_the_claim_checked_body(f: Fixture) {
+    let body: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
+    f.queue
+        .send(vec![Message::new(body.clone())])
+        .await
+        .unwrap();
+    let first = receive_n(&f, 1, Duration::from_secs(10), 1).await;
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Visible again: another consumer takes it.
+    let second = receive_n(&f, 1, Duration::from_secs(10), 30).await;
+    assert_eq!(
+        second.len(),
+        1,
+        "the message came back after its visibility"
+    );
+    f.queue.ack(&[first[0].receipt.clone()]).await.unwrap();
+    assert_eq!(
+        f.store.list("claims/").await.unwrap().len(),
+        1,
+        "a stale ack deleted the body"
+    );
+    // The second consumer still has the whole body; its ack (fresh) takes the body along.
+    assert_eq!(second[0].body, Bytes::from(body));
+    f.queue.ack(&[second[0].receipt.clone()]).await.unwrap();
+    assert!(
+        f.store.list("claims/").await.unwrap().is_empty(),
+        "a fresh ack takes the body with the message"
+    );
+    assert_empty(&f).await;
+}
+
 pub async fn concurrent_consumers_never_share_an_in_flight_message(f: Fixture) {
     let total = 40;
     f.queue
@@ -284,6 +319,7 @@ macro_rules! contract {
             case!(dead_letters_after_max_receives_with_body_and_attributes);
             case!(batch_sends_of_1_10_and_25);
             case!(claim_check_round_trip_of_1_mib);
+            case!(a_stale_ack_keeps_the_claim_checked_body);
             case!(concurrent_consumers_never_share_an_in_flight_message);
         }
     };

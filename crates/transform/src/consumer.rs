@@ -462,12 +462,16 @@ impl Transform {
         {
             let mut failed = Vec::new();
             let mut refused = Vec::new();
+            let mut refused_routes = Vec::new();
             for ((route, answer), (destination, route_keys)) in
                 routes.iter().zip(per_route).zip(keys)
             {
                 match answer {
                     Some(Answer::Answered) => inner.dedupe.insert_all(&route_keys),
-                    Some(Answer::Refused(e)) => refused.push(format!("{destination}: {e}")),
+                    Some(Answer::Refused(e)) => {
+                        refused.push(format!("{destination}: {e}"));
+                        refused_routes.push(route.clone());
+                    }
                     Some(Answer::Failed(e)) => {
                         tracing::debug!(destination, error = %e, "route not answered; it will be retried");
                         failed.push(route.clone());
@@ -475,9 +479,18 @@ impl Transform {
                     None => failed.push(route.clone()),
                 }
             }
-            if !refused.is_empty() {
-                self.copy_to_dead_letter(&message, &refused.join("; "))
-                    .await;
+            // A refused route is settled only by its copy in the dead-letter queue: when the
+            // copy cannot be made, the route is retried like one not answered, never acked.
+            if !refused.is_empty()
+                && !self
+                    .copy_to_dead_letter(&message, &refused.join("; "))
+                    .await
+            {
+                tracing::error!(
+                    message_id = message.message_id,
+                    "cannot dead-letter a refused batch; it stays in the queue"
+                );
+                failed.extend(refused_routes);
             }
             let outcome = if failed.is_empty() {
                 done.push(message.receipt);
@@ -521,6 +534,9 @@ impl Transform {
     /// The message's batch and the routes it owes.
     fn route(&self, message: &Received) -> Result<(Batch, Vec<Route>), String> {
         let inner = &self.inner;
+        if let Some(key) = message.missing_body() {
+            return Err(format!("its claim-checked body {key} is missing"));
+        }
         let json = message
             .attributes
             .get(queue_attr::CONTENT_TYPE)
@@ -666,10 +682,6 @@ impl Transform {
     }
 
     async fn copy_to_dead_letter(&self, message: &Received, reason: &str) -> bool {
-        self.inner
-            .stats
-            .dead_lettered
-            .fetch_add(1, Ordering::Relaxed);
         let Some(dlq) = &self.inner.dead_letter else {
             tracing::error!(
                 reason,
@@ -681,13 +693,22 @@ impl Transform {
         schema::limits::truncate_chars(&mut because, 1000);
         let mut attributes = message.attributes.clone();
         attributes.insert(attr::REJECTED_BECAUSE.to_owned(), because);
-        dlq.send(vec![Message {
-            body: message.body.clone(),
-            attributes,
-            delay: Duration::ZERO,
-        }])
-        .await
-        .is_ok()
+        let copied = dlq
+            .send(vec![Message {
+                body: message.body.clone(),
+                attributes,
+                delay: Duration::ZERO,
+            }])
+            .await;
+        if let Err(e) = &copied {
+            tracing::error!(error = %e, "cannot copy to the dead-letter queue");
+            return false;
+        }
+        self.inner
+            .stats
+            .dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 

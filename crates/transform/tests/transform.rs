@@ -556,6 +556,10 @@ async fn messages_nothing_can_be_done_with_go_to_the_dead_letter_queue() {
             message("nobody", &mixed("unrouted")),
             runtime::Message::new(&b"\xff\xff not protobuf"[..])
                 .with_attribute(runtime::queue::attr::SOURCE, "web"),
+            // A claim-checked body that is gone: no data, never an empty batch.
+            runtime::Message::new(Vec::new())
+                .with_attribute(runtime::queue::attr::SOURCE, "web")
+                .with_attribute(runtime::queue::attr::CLAIM_CHECK, "claims/gone"),
         ])
         .await
         .unwrap();
@@ -574,17 +578,21 @@ async fn messages_nothing_can_be_done_with_go_to_the_dead_letter_queue() {
         .map(|m| m.attributes["mp-rejected-because"].clone())
         .collect();
     reasons.sort();
-    assert_eq!(reasons.len(), 3, "{reasons:?}");
-    assert!(
-        reasons[0].starts_with("no connection takes source \"nobody\""),
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert_eq!(
+        reasons[0], "its claim-checked body claims/gone is missing",
         "{reasons:?}"
     );
     assert!(
-        reasons[1].starts_with("not a protobuf batch"),
+        reasons[1].starts_with("no connection takes source \"nobody\""),
         "{reasons:?}"
     );
     assert!(
-        reasons[2].starts_with("unknown: ") && reasons[2].ends_with("no such destination"),
+        reasons[2].starts_with("not a protobuf batch"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].starts_with("unknown: ") && reasons[3].ends_with("no such destination"),
         "{reasons:?}"
     );
     let depth = q.queue.depth().await.unwrap();
@@ -593,6 +601,68 @@ async fn messages_nothing_can_be_done_with_go_to_the_dead_letter_queue() {
         (0, 0, 0),
         "none left circling"
     );
+    peer.stop().await;
+}
+
+/// A refused route is acknowledged only once its copy is in the dead-letter queue: while the
+/// copy cannot be made (its disk full), the message stays, and it is dead-lettered once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_is_never_acknowledged_before_its_dead_letter_copy_is_made() {
+    let q = embedded();
+    let dlq_dir = tempfile::tempdir().unwrap();
+    let (dlq_db, dlq_store) =
+        runtime::queue::local_data(dlq_dir.path(), runtime::queue::EmbeddedSync::Normal).unwrap();
+    let dead_letter = runtime::queue::embedded_stage_queue(&dlq_db, "ingest-dlq", &dlq_store);
+    dlq_db.set_max_size(Some(0)).await.unwrap();
+    // Filled to the last page: no copy fits.
+    while dead_letter
+        .send(vec![runtime::Message::new(vec![b'x'; 512])])
+        .await
+        .is_ok()
+    {}
+    let peer = Peer::start().await;
+    let transform = Transform::new(
+        settings(vec![connection("c", "web", &["unknown"], Rules::default())]),
+        q.queue.clone(),
+        Some(dead_letter.clone()),
+        client(vec![peer.addr]),
+    )
+    .unwrap();
+    q.queue
+        .send(vec![message("web", &mixed("refused-while-full"))])
+        .await
+        .unwrap();
+    assert_eq!(transform.poll_once().await.unwrap(), 1);
+    let depth = q.queue.depth().await.unwrap();
+    assert_eq!(
+        depth.visible + depth.in_flight + depth.delayed,
+        1,
+        "the refused message was acknowledged though its dead-letter copy failed"
+    );
+
+    dlq_db.set_max_size(None).await.unwrap();
+    let mut copied = Vec::new();
+    for _ in 0..100 {
+        transform.poll_once().await.unwrap();
+        copied = dead_letter
+            .receive(ReceiveOptions {
+                max_messages: 10,
+                wait: Duration::from_millis(100),
+                visibility: Duration::from_secs(30),
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.attributes.contains_key("mp-rejected-because"))
+            .collect();
+        if !copied.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(copied.len(), 1, "dead-lettered once the copy could be made");
+    let depth = q.queue.depth().await.unwrap();
+    assert_eq!(depth.visible + depth.in_flight + depth.delayed, 0);
     peer.stop().await;
 }
 

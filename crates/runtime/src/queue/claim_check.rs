@@ -1,8 +1,17 @@
 //! Claim checks: a body too large for a queue message goes to the object store, and the
 //! message carries its key. Receivers get the body back without knowing; the object is deleted
-//! when the message is acknowledged.
+//! when the message is acknowledged while its receipt still held it.
+//!
+//! An ack with a stale receipt (its visibility ran out; another consumer may have the message)
+//! deletes nothing on either backend, and SQS answers it as it answers a good one. So the
+//! object goes only with an ack that completed before the receipt's visibility could have run
+//! out, counted from before the receive (or heartbeat) was asked for; any other leaves it, for
+//! the next receive, and an orphan for the bucket's lifecycle rule (`claims/`, 15 days in
+//! `deploy/aws/mpconnect.yaml`).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{Depth, Message, Queue, QueueError, Receipt, ReceiveOptions, Received, attr};
 use crate::store::{ObjectStore, StoreError};
@@ -22,6 +31,9 @@ pub struct ClaimChecked<Q, S> {
     threshold: usize,
     prefix: String,
     size_of: fn(&Message) -> usize,
+    /// Inner receipts of claim-checked messages in hand, and until when each surely holds its
+    /// message.
+    holds_until: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl<Q: Queue, S: ObjectStore> ClaimChecked<Q, S> {
@@ -40,7 +52,23 @@ impl<Q: Queue, S: ObjectStore> ClaimChecked<Q, S> {
             threshold,
             prefix: prefix.into(),
             size_of,
+            holds_until: Arc::default(),
         }
+    }
+
+    fn hold(&self, inner: &str, until: Instant) {
+        if let Ok(mut held) = self.holds_until.lock() {
+            // Receipts never acked nor nacked (their consumer gave up) are forgotten.
+            let now = Instant::now();
+            if held.len() > 1024 {
+                held.retain(|_, until| *until > now);
+            }
+            held.insert(inner.to_owned(), until);
+        }
+    }
+
+    fn release(&self, inner: &str) -> Option<Instant> {
+        self.holds_until.lock().ok()?.remove(inner)
     }
 
     pub fn inner(&self) -> &Q {
@@ -79,6 +107,8 @@ impl<Q: Queue, S: ObjectStore> Queue for ClaimChecked<Q, S> {
     }
 
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Received>, QueueError> {
+        // The visibility starts after this: the receipts hold at least until then.
+        let holds_until = Instant::now() + options.visibility;
         let mut messages = self.inner.receive(options).await?;
         for m in &mut messages {
             let Some(key) = m.attributes.get(attr::CLAIM_CHECK).cloned() else {
@@ -88,10 +118,12 @@ impl<Q: Queue, S: ObjectStore> Queue for ClaimChecked<Q, S> {
                 Ok(body) => {
                     m.body = body;
                     m.attributes.remove(attr::CLAIM_CHECK);
+                    self.hold(&m.receipt.0, holds_until);
                     m.receipt = Receipt(format!("{key}{SEPARATOR}{}", m.receipt.0));
                 }
-                // The pointer stays, the body stays empty: the consumer sees a message it
-                // cannot use and dead-letters it, rather than the queue stalling on it.
+                // The pointer stays, the body stays empty (`Received::missing_body`): the
+                // consumer sees a message it cannot use and dead-letters it, rather than the
+                // queue stalling on it.
                 Err(StoreError::NotFound(_)) => {
                     tracing::error!(
                         queue = self.inner.name(),
@@ -111,28 +143,48 @@ impl<Q: Queue, S: ObjectStore> Queue for ClaimChecked<Q, S> {
         for r in receipts {
             match r.0.split_once(SEPARATOR) {
                 Some((key, receipt)) => {
-                    keys.push(key);
+                    keys.push((key, receipt));
                     inner.push(Receipt(receipt.to_owned()));
                 }
                 None => inner.push(r.clone()),
             }
         }
         self.inner.ack(&inner).await?;
+        let acked_at = Instant::now();
         // After the message is gone: an object left by a crash here is garbage, never a loss.
-        for key in keys {
-            if let Err(e) = self.store.delete(key).await {
-                tracing::warn!(key, error = %e, "could not delete a claim-checked body");
+        for (key, receipt) in keys {
+            match self.release(receipt) {
+                Some(until) if acked_at < until => {
+                    if let Err(e) = self.store.delete(key).await {
+                        tracing::warn!(key, error = %e, "could not delete a claim-checked body");
+                    }
+                }
+                // The receipt may have been stale: the message may still be queued, and its
+                // next receive needs the body.
+                _ => tracing::info!(
+                    queue = self.inner.name(),
+                    key,
+                    "claim-checked body kept: its ack came after the receipt's visibility"
+                ),
             }
         }
         Ok(())
     }
 
     async fn nack(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError> {
-        self.inner.nack(&inner_receipt(receipt), delay).await
+        let inner = inner_receipt(receipt);
+        self.release(&inner.0);
+        self.inner.nack(&inner, delay).await
     }
 
     async fn extend(&self, receipt: &Receipt, visibility: Duration) -> Result<(), QueueError> {
-        self.inner.extend(&inner_receipt(receipt), visibility).await
+        let holds_until = Instant::now() + visibility;
+        let inner = inner_receipt(receipt);
+        self.inner.extend(&inner, visibility).await?;
+        if receipt.0.contains(SEPARATOR) {
+            self.hold(&inner.0, holds_until);
+        }
+        Ok(())
     }
 
     async fn depth(&self) -> Result<Depth, QueueError> {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 pub use claim_check::{ClaimChecked, DEFAULT_CLAIM_CHECK_THRESHOLD, plain_size};
 pub use embedded::{EmbeddedDb, EmbeddedQueue, Sync as EmbeddedSync};
-pub use sqs::{SqsQueue, SqsSettings};
+pub use sqs::{Keeping, SqsQueue, SqsSettings};
 
 use crate::store::StoreError;
 
@@ -74,6 +74,14 @@ pub struct Received {
     pub receive_count: u32,
     /// When it was first sent, for queue-wait time.
     pub sent_at_ms: i64,
+}
+
+impl Received {
+    /// The object key of a claim-checked body that could not be found: the message holds no
+    /// data, and must never be read as an (empty) batch.
+    pub fn missing_body(&self) -> Option<&str> {
+        self.attributes.get(attr::CLAIM_CHECK).map(String::as_str)
+    }
 }
 
 /// How to receive.

@@ -27,6 +27,12 @@ const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
 const ENTRY_ATTEMPTS: u32 = 5;
 /// Marks a body sent base64-encoded because SQS only carries text.
 const BODY_ENCODING: &str = "mp-body-encoding";
+/// SQS takes at most this many message attributes.
+const MAX_SQS_ATTRIBUTES: usize = 10;
+/// A message with more attributes than SQS takes carries them all in this one, as a JSON
+/// object, read back on receipt: a message never fails to be sent (or dead-lettered) for
+/// the attributes the stages added along the way.
+const PACKED_ATTRIBUTES: &str = "mp-attributes";
 
 /// Where the queue is and how big its messages may be.
 #[derive(Debug, Clone)]
@@ -107,7 +113,54 @@ async fn resolve_url(client: &Client, queue: &str) -> Result<String, QueueError>
         .ok_or_else(|| QueueError::Config(format!("SQS returned no URL for queue {queue}")))
 }
 
+/// What SQS itself does with a queue's messages: how long it keeps them, and after how many
+/// receives its RedrivePolicy moves one to a dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keeping {
+    pub retention: Duration,
+    pub max_receive_count: Option<u32>,
+}
+
 impl SqsQueue {
+    /// The queue's retention and RedrivePolicy, as SQS reports them: the stages refuse to
+    /// start on settings that would strand data (see `mpconnect`'s start-up checks).
+    pub async fn keeping(&self) -> Result<Keeping, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&*self.url)
+            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| classify("GetQueueAttributes", e))?;
+        let attrs = out.attributes.unwrap_or_default();
+        let retention = attrs
+            .get(&QueueAttributeName::MessageRetentionPeriod)
+            .and_then(|v| v.parse::<u64>().ok())
+            // SQS's default: four days.
+            .unwrap_or(345_600);
+        let max_receive_count = match attrs.get(&QueueAttributeName::RedrivePolicy) {
+            None => None,
+            Some(policy) if policy.trim().is_empty() => None,
+            Some(policy) => {
+                let policy: serde_json::Value = serde_json::from_str(policy).map_err(|e| {
+                    QueueError::Config(format!("{}: RedrivePolicy is not JSON: {e}", self.url))
+                })?;
+                // SQS writes it as a number or as a string.
+                let count = &policy["maxReceiveCount"];
+                let count = count
+                    .as_u64()
+                    .or_else(|| count.as_str().and_then(|s| s.parse().ok()));
+                Some(count.map_or(u32::MAX, |c| u32::try_from(c).unwrap_or(u32::MAX)))
+            }
+        };
+        Ok(Keeping {
+            retention: Duration::from_secs(retention),
+            max_receive_count,
+        })
+    }
+
     /// Resolves the queue (and dead-letter queue) URLs.
     pub async fn connect(client: Client, settings: SqsSettings) -> Result<Self, QueueError> {
         let url = resolve_url(&client, &settings.queue).await?;
@@ -162,11 +215,15 @@ impl SqsQueue {
             attributes.insert(BODY_ENCODING.to_owned(), "base64".to_owned());
             base64_encode(&message.body)
         };
-        if attributes.len() > 10 {
-            return Err(QueueError::Rejected(format!(
-                "{} message attributes; SQS allows 10",
-                attributes.len()
-            )));
+        if attributes.len() > MAX_SQS_ATTRIBUTES {
+            let encoding = attributes.remove(BODY_ENCODING);
+            let packed = serde_json::to_string(&attributes)
+                .map_err(|e| QueueError::Rejected(format!("packing attributes: {e}")))?;
+            attributes.clear();
+            attributes.insert(PACKED_ATTRIBUTES.to_owned(), packed);
+            if let Some(encoding) = encoding {
+                attributes.insert(BODY_ENCODING.to_owned(), encoding);
+            }
         }
         let mut entry = SendMessageBatchRequestEntry::builder()
             .id(id.to_string())
@@ -350,6 +407,14 @@ impl Queue for SqsQueue {
                 .into_iter()
                 .filter_map(|(k, v)| Some((k, v.string_value?)))
                 .collect();
+            // Only mpconnect packs; anything else that named an attribute so keeps it as it is.
+            if let Some(Ok(unpacked)) = attributes
+                .get(PACKED_ATTRIBUTES)
+                .map(|packed| serde_json::from_str::<Attributes>(packed))
+            {
+                attributes.remove(PACKED_ATTRIBUTES);
+                attributes.extend(unpacked);
+            }
             let body = m.body.unwrap_or_default();
             let body = if attributes.remove(BODY_ENCODING).as_deref() == Some("base64") {
                 Bytes::from(base64_decode(&body).ok_or_else(|| {
