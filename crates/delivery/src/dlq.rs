@@ -102,6 +102,10 @@ impl DeadLetter {
         let routed = BASE64
             .decode(v["routed_batch"].as_str().unwrap_or_default())
             .map_err(|e| corrupt(e.to_string()))?;
+        let batch = RoutedBatch::decode(routed.as_slice()).map_err(|e| corrupt(e.to_string()))?;
+        if batch.batch.is_none() {
+            return Err(corrupt("it holds no batch".into()));
+        }
         Ok(DeadLetter {
             id: text("id"),
             destination: text("destination"),
@@ -110,7 +114,7 @@ impl DeadLetter {
             dead_at_ms: int("dead_at_ms"),
             status: v["status"].as_u64().map(|s| s as u16),
             answer: text("answer"),
-            batch: RoutedBatch::decode(routed.as_slice()).map_err(|e| corrupt(e.to_string()))?,
+            batch,
         })
     }
 
@@ -159,21 +163,52 @@ impl DeadLetters {
     }
 
     /// Every dead letter of `destination`, oldest first.
+    /// Every readable dead letter of `destination`; records that cannot be read are logged
+    /// and left out (see [`DeadLetters::unreadable`]).
     pub async fn list(&self, destination: &str) -> Result<Vec<DeadLetter>, DlqError> {
-        let folder = format!("{}{destination}/", self.prefix);
         let mut letters = Vec::new();
-        for object in self.store.list(&folder).await? {
-            if !object.key.ends_with(".json") {
-                continue;
-            }
-            match self.store.get_bytes(&object.key).await {
-                Ok(bytes) => letters.push(DeadLetter::from_json(&object.key, &bytes)?),
-                // Redriven by someone else since the listing.
-                Err(StoreError::NotFound(_)) => continue,
-                Err(e) => return Err(e.into()),
+        for key in self.keys(destination).await? {
+            if let Some(Ok(letter)) = self.read(&key).await? {
+                letters.push(letter);
             }
         }
         Ok(letters)
+    }
+
+    /// The records of `destination` that cannot be read, with why.
+    pub async fn unreadable(&self, destination: &str) -> Result<Vec<(String, String)>, DlqError> {
+        let mut bad = Vec::new();
+        for key in self.keys(destination).await? {
+            if let Some(Err(why)) = self.read(&key).await? {
+                bad.push((key, why));
+            }
+        }
+        Ok(bad)
+    }
+
+    async fn keys(&self, destination: &str) -> Result<Vec<String>, DlqError> {
+        let folder = format!("{}{destination}/", self.prefix);
+        Ok(self
+            .store
+            .list(&folder)
+            .await?
+            .into_iter()
+            .map(|object| object.key)
+            .filter(|key| key.ends_with(".json"))
+            .collect())
+    }
+
+    /// One record: `None` when it is gone (redriven by someone else since the listing),
+    /// `Some(Err)` when it cannot be read.
+    async fn read(&self, key: &str) -> Result<Option<Result<DeadLetter, String>>, DlqError> {
+        match self.store.get_bytes(key).await {
+            Ok(bytes) => Ok(Some(DeadLetter::from_json(key, &bytes).map_err(|e| {
+                tracing::warn!(key, error = %e, "an unreadable dead letter");
+                e.to_string()
+            }))),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn get(&self, destination: &str, id: &str) -> Result<DeadLetter, DlqError> {
@@ -187,26 +222,33 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// Sends every dead letter of `destination` back through delivery, 100 batches a call, and
-    /// removes each once delivery has answered for it (delivered, parked, or dead-lettered
-    /// anew, which writes a fresh record). Returns the outcome counts.
+    /// Sends every dead letter of `destination` back through delivery, 100 batches a call (only
+    /// those in memory at once), and removes each once delivery has answered for it
+    /// (delivered, parked, or dead-lettered anew, which writes a fresh record). A record that
+    /// cannot be read is counted and kept, and stops nothing. Returns the outcome counts.
     pub async fn redrive(
         &self,
         destination: &str,
         client: &mut DeliveryServiceClient<tonic::transport::Channel>,
     ) -> Result<RedriveReport, DlqError> {
-        let letters = self.list(destination).await?;
         let mut report = RedriveReport::default();
-        for chunk in letters.chunks(100) {
-            let batches: Vec<RoutedBatch> = chunk
-                .iter()
-                .map(|letter| {
-                    let mut batch = letter.batch.clone();
-                    // The key comes back with the outcome; the dead letter's id finds it.
-                    batch.key = letter.id.clone();
-                    batch
-                })
-                .collect();
+        for keys in self.keys(destination).await?.chunks(100) {
+            let mut batches = Vec::with_capacity(keys.len());
+            for key in keys {
+                match self.read(key).await? {
+                    Some(Ok(letter)) => {
+                        let mut batch = letter.batch;
+                        // The key comes back with the outcome; the dead letter's id finds it.
+                        batch.key = letter.id;
+                        batches.push(batch);
+                    }
+                    Some(Err(_)) => report.unreadable += 1,
+                    None => {}
+                }
+            }
+            if batches.is_empty() {
+                continue;
+            }
             let response = client
                 .deliver(DeliverRequest {
                     destination: destination.to_owned(),
@@ -234,4 +276,6 @@ pub struct RedriveReport {
     pub delivered: usize,
     pub parked: usize,
     pub dead_lettered_again: usize,
+    /// Records that could not be read; kept where they are.
+    pub unreadable: usize,
 }

@@ -184,16 +184,41 @@ async fn a_400_dead_letters_exactly_the_refused_batches_and_redrive_delivers_the
         assert!(letter.to_pretty_json().contains(&id));
     }
 
+    // A record that cannot be read (damaged, or holding no batch) stops nothing: it is
+    // counted, kept for a person to look at, and the rest are redriven.
+    use runtime::ObjectStore as _;
+    for (name, body) in [
+        ("damaged", &b"{not json"[..]),
+        ("batchless", &br#"{"id":"batchless","routed_batch":""}"#[..]),
+    ] {
+        stage
+            .store
+            .put(
+                &format!("dead-letters/mp/{name}.json"),
+                body.to_vec().into(),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(stage.dead_letters.list("mp").await.unwrap().len(), 5);
+
     // Still refused: redrive dead-letters them again, and keeps one record each.
     let mut client = stage.client().await;
     let again = stage.dead_letters.redrive("mp", &mut client).await.unwrap();
     assert_eq!(again.dead_lettered_again, 5);
+    assert_eq!(again.unreadable, 2);
     assert_eq!(stage.dead_letters.list("mp").await.unwrap().len(), 5);
 
     fake.set(|b| b.reject_request_ids_starting = None);
     let report = stage.dead_letters.redrive("mp", &mut client).await.unwrap();
     assert_eq!(report.delivered, 5);
+    assert_eq!(report.unreadable, 2);
     assert!(stage.dead_letters.list("mp").await.unwrap().is_empty());
+    assert_eq!(
+        stage.store.list("dead-letters/mp/").await.unwrap().len(),
+        2,
+        "the unreadable records are kept"
+    );
     let arrived: BTreeSet<String> = fake.request_ids().into_iter().collect();
     assert_eq!(arrived, ids.iter().cloned().collect(), "every batch, once");
     assert_eq!(fake.violations(), Vec::<String>::new());

@@ -16,6 +16,10 @@ use serde::Deserialize;
 /// The default config of `mpconnect all`, shipped in the repository and in the binary.
 pub const LOCAL_DEFAULT: &str = include_str!("../../../examples/local.toml");
 
+/// Room between a destination's attempt and the transform's deadline for delivery's answer:
+/// parking a batch after a failed attempt takes a moment too.
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Environment variables that override settings start with this.
 const ENV_PREFIX: &str = "MPCONNECT__";
 
@@ -112,6 +116,20 @@ pub struct Queues {
     /// Answer 429 past this backlog (messages) on the ingest queue; 0 for no bound.
     #[serde(default = "default_max_backlog")]
     pub max_backlog: u64,
+    /// Embedded: `normal` survives a crash or `kill -9` of the process, and a power loss may
+    /// lose the last moments' commits; `full` waits for the disk on every commit, so a 202
+    /// survives a power loss too, at a large cost in speed.
+    #[serde(default = "default_sync")]
+    pub sync: String,
+    /// Embedded: the most the queue database may take on disk, in bytes; past it, ingest
+    /// answers 503 (senders retry) instead of the process failing on a full disk. 0: no cap
+    /// but the disk's.
+    #[serde(default)]
+    pub max_disk_bytes: u64,
+}
+
+fn default_sync() -> String {
+    "normal".into()
 }
 
 fn default_backend() -> String {
@@ -142,6 +160,8 @@ impl Default for Queues {
             max_receives: default_max_receives(),
             max_message_bytes: default_max_message_bytes(),
             max_backlog: default_max_backlog(),
+            sync: default_sync(),
+            max_disk_bytes: 0,
         }
     }
 }
@@ -575,6 +595,12 @@ impl Config {
                 self.queues.backend
             ));
         }
+        if !matches!(self.queues.sync.as_str(), "normal" | "full") {
+            problems.push(format!(
+                "queues.sync: {:?} is neither \"normal\" nor \"full\"",
+                self.queues.sync
+            ));
+        }
         match self.store.backend.as_deref() {
             None | Some("local") => {}
             Some("s3") if self.store.bucket.is_some() => {}
@@ -677,6 +703,23 @@ impl Config {
                 other => problems.push(format!(
                     "{at}.kind: {other:?} is not one of mparticle, s3, webhook, file"
                 )),
+            }
+        }
+        // The transform waits this long for delivery's answer; an attempt that may take longer
+        // is given up on while it may still succeed, and sent again: a duplicate.
+        let deadline = crate::stages::DELIVER_DEADLINE;
+        for (i, d) in self.destinations.iter().enumerate() {
+            // A request may start as late as the attempt's end, and then take its own timeout.
+            let attempt = d.attempt_timeout_ms.unwrap_or(30_000);
+            let request = d.request_timeout_ms.unwrap_or(10_000);
+            let longest = std::time::Duration::from_millis(attempt.saturating_add(request));
+            if longest + ANSWER_MARGIN > deadline {
+                problems.push(format!(
+                    "destinations[{i}]: attempt_timeout_ms ({attempt}) plus request_timeout_ms \
+                     ({request}) must leave {} s of the transform's {} s wait for delivery's answer",
+                    ANSWER_MARGIN.as_secs(),
+                    deadline.as_secs()
+                ));
             }
         }
         for (i, c) in self.connections.iter().enumerate() {
@@ -889,5 +932,19 @@ mod tests {
         );
         assert_eq!(c.secret_env_vars(delivery), ["MPC_TEST_UNSET_MP_KEY"]);
         assert!(c.secret_env_vars(transform).is_empty());
+    }
+
+    #[test]
+    fn an_attempt_must_end_before_the_transform_stops_waiting() {
+        let text =
+            |ms: u64| format!("[[destinations]]\nid='f'\nkind='file'\nattempt_timeout_ms={ms}");
+        let (ok, _) = parse(&text(30_000), []).unwrap();
+        assert!(ok.problems_for(SecretsOf::ALL).is_empty());
+        let (late, _) = parse(&text(50_000), []).unwrap();
+        let problems = late.problems_for(SecretsOf::ALL);
+        assert!(
+            problems[0].starts_with("destinations[0]: attempt_timeout_ms (50000) plus"),
+            "{problems:?}"
+        );
     }
 }

@@ -1,6 +1,9 @@
-//! `mpconnect dlq list|show|redrive --destination ID`.
+//! `mpconnect dlq list|show|redrive --destination ID`, and `mpconnect dlq redrive-ingest`.
+
+use std::time::Duration;
 
 use anyhow::Context;
+use runtime::{Message, Queue, ReceiveOptions, StageQueue};
 use schema::v1::delivery_service_client::DeliveryServiceClient;
 
 use crate::ConfigArgs;
@@ -36,6 +39,11 @@ pub enum Command {
         #[arg(long)]
         delivery: Option<String>,
     },
+    /// Move what is in the ingest dead-letter queue now back to the ingest queue, for the
+    /// transform to take again (once the cause is fixed: a connection, delivery, a rule). Each
+    /// goes back with the routes it still owed; one refused again returns to the dead-letter
+    /// queue with its new reason.
+    RedriveIngest,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -48,6 +56,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let endpoint = config.transform.delivery_endpoint.clone();
     let shared = Shared::new(config).await?;
+    if let Command::RedriveIngest = args.command {
+        let (queue, dead_letter) = shared.ingest_queues().await?;
+        let moved = redrive_ingest(&queue, &dead_letter).await?;
+        println!("{moved} message(s) moved from the ingest dead-letter queue to the ingest queue");
+        return Ok(());
+    }
     let letters = shared.dead_letters();
     match args.command {
         Command::List { destination } => {
@@ -62,10 +76,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
             println!("{} dead letter(s) for {destination}", all.len());
+            for (key, why) in letters.unreadable(&destination).await? {
+                println!("unreadable: {key}: {why}");
+            }
         }
         Command::Show { id, destination } => {
             println!("{}", letters.get(&destination, &id).await?.to_pretty_json());
         }
+        Command::RedriveIngest => unreachable!("handled above"),
         Command::Redrive {
             destination,
             delivery,
@@ -83,10 +101,100 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .max_encoding_message_size(256 << 20);
             let report = letters.redrive(&destination, &mut client).await?;
             println!(
-                "redriven to {destination}: {} delivered, {} parked for retry, {} dead-lettered again",
-                report.delivered, report.parked, report.dead_lettered_again
+                "redriven to {destination}: {} delivered, {} parked for retry, {} dead-lettered again, {} unreadable (kept; see dlq list)",
+                report.delivered, report.parked, report.dead_lettered_again, report.unreadable
             );
         }
     }
     Ok(())
+}
+
+/// Moves the messages in `dead_letter` now (as many as its depth at the start: one refused
+/// again while this runs is not taken twice) to `queue`, without the reason they were
+/// refused. Each is acknowledged from the dead-letter queue only once it is in `queue`.
+pub async fn redrive_ingest(queue: &StageQueue, dead_letter: &StageQueue) -> anyhow::Result<usize> {
+    let depth = dead_letter.depth().await?;
+    let mut left = (depth.visible + depth.delayed) as usize;
+    let mut moved = 0;
+    while left > 0 {
+        let received = dead_letter
+            .receive(ReceiveOptions {
+                max_messages: left.min(10),
+                wait: Duration::from_secs(1),
+                visibility: Duration::from_secs(60),
+            })
+            .await?;
+        if received.is_empty() {
+            break;
+        }
+        left = left.saturating_sub(received.len());
+        let messages = received
+            .iter()
+            .map(|m| {
+                let mut attributes = m.attributes.clone();
+                attributes.remove(transform::attr::REJECTED_BECAUSE);
+                Message {
+                    body: m.body.clone(),
+                    attributes,
+                    delay: Duration::ZERO,
+                }
+            })
+            .collect();
+        queue
+            .send(messages)
+            .await
+            .context("sending to the ingest queue")?;
+        let receipts: Vec<_> = received.iter().map(|m| m.receipt.clone()).collect();
+        dead_letter.ack(&receipts).await?;
+        moved += received.len();
+    }
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_ingest_dead_letter_queue_goes_back_whole_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, store) =
+            runtime::queue::local_data(dir.path(), runtime::queue::EmbeddedSync::Normal).unwrap();
+        let queue = runtime::queue::embedded_stage_queue(&db, "ingest", &store);
+        let dead_letter = runtime::queue::embedded_stage_queue(&db, "ingest-dlq", &store);
+        let large = vec![7u8; 300 * 1024];
+        dead_letter
+            .send(
+                (0..12)
+                    .map(|i| {
+                        Message::new(if i == 0 { large.clone() } else { vec![i as u8] })
+                            .with_attribute(transform::attr::REJECTED_BECAUSE, "delivery down")
+                            .with_attribute(transform::attr::ROUTE, "c/mp")
+                            .with_attribute(runtime::queue::attr::SOURCE, "web")
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(redrive_ingest(&queue, &dead_letter).await.unwrap(), 12);
+        assert_eq!(dead_letter.depth().await.unwrap().visible, 0);
+        let mut back = Vec::new();
+        loop {
+            let got = queue.receive(ReceiveOptions::default()).await.unwrap();
+            if got.is_empty() {
+                break;
+            }
+            back.extend(got);
+        }
+        assert_eq!(back.len(), 12);
+        for m in &back {
+            assert!(!m.attributes.contains_key(transform::attr::REJECTED_BECAUSE));
+            assert_eq!(
+                m.attributes[transform::attr::ROUTE],
+                "c/mp",
+                "the routes still owed"
+            );
+        }
+        assert!(back.iter().any(|m| m.body.as_ref() == large.as_slice()));
+    }
 }

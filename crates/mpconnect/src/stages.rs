@@ -60,7 +60,16 @@ impl Shared {
             None
         };
         let (db, local_store) = if config.queues.backend == "embedded" {
-            let (db, store) = local_data(&config.data_dir, EmbeddedSync::Normal)?;
+            let sync = match config.queues.sync.as_str() {
+                "full" => EmbeddedSync::Full,
+                _ => EmbeddedSync::Normal,
+            };
+            let (db, store) = local_data(&config.data_dir, sync)?;
+            if config.queues.max_disk_bytes > 0 {
+                db.set_max_size(Some(config.queues.max_disk_bytes))
+                    .await
+                    .context("capping the queue database's size")?;
+            }
             (Some(db), store)
         } else {
             let store = AnyStore::Local(runtime::store::LocalStore::new(
@@ -93,7 +102,13 @@ impl Shared {
     }
 
     /// A stage queue by name (embedded) or SQS URL/name, with an optional dead-letter queue.
-    pub async fn queue(&self, name: &str, dead_letter: Option<&str>) -> anyhow::Result<StageQueue> {
+    /// An SQS queue whose own settings would strand data in its role is refused.
+    pub async fn queue(
+        &self,
+        name: &str,
+        dead_letter: Option<&str>,
+        role: QueueRole,
+    ) -> anyhow::Result<StageQueue> {
         match &self.db {
             Some(db) => Ok(embedded_stage_queue(db, name, &self.store)),
             None => {
@@ -104,15 +119,25 @@ impl Shared {
                 let queue = SqsQueue::connect(sqs_client(self.aws()?), settings)
                     .await
                     .with_context(|| format!("connecting to the SQS queue {name}"))?;
+                let keeping = queue
+                    .keeping()
+                    .await
+                    .with_context(|| format!("reading the SQS queue {name}'s settings"))?;
+                unsafe_keeping(name, keeping, role, self.config.queues.max_receives)
+                    .map_or(Ok(()), |why| Err(anyhow::anyhow!(why)))?;
                 Ok(sqs_stage_queue(queue, &self.store))
             }
         }
     }
 
-    async fn ingest_queues(&self) -> anyhow::Result<(StageQueue, StageQueue)> {
+    pub async fn ingest_queues(&self) -> anyhow::Result<(StageQueue, StageQueue)> {
         let q = &self.config.queues;
-        let dead_letter = self.queue(&q.ingest_dead_letter, None).await?;
-        let queue = self.queue(&q.ingest, Some(&q.ingest_dead_letter)).await?;
+        let dead_letter = self
+            .queue(&q.ingest_dead_letter, None, QueueRole::DeadLetter)
+            .await?;
+        let queue = self
+            .queue(&q.ingest, Some(&q.ingest_dead_letter), QueueRole::Ingest)
+            .await?;
         Ok((queue, dead_letter))
     }
 
@@ -125,6 +150,47 @@ impl Shared {
             .retry_queue
             .clone()
             .unwrap_or_else(|| format!("retry-{}", destination.id))
+    }
+}
+
+/// What a queue is for, which decides the SQS settings that are safe for it.
+#[derive(Debug, Clone, Copy)]
+pub enum QueueRole {
+    /// Received until mpconnect dead-letters it itself after `queues.max_receives`.
+    Ingest,
+    DeadLetter,
+    /// A destination's parked batches, retried by receiving them again for `window`.
+    Retry {
+        window: Duration,
+    },
+}
+
+/// Why a queue's own settings would strand data in `role`, if they would.
+pub fn unsafe_keeping(
+    name: &str,
+    keeping: runtime::queue::Keeping,
+    role: QueueRole,
+    max_receives: u32,
+) -> Option<String> {
+    match (role, keeping.max_receive_count) {
+        (QueueRole::Retry { .. }, Some(count)) => Some(format!(
+            "the retry queue {name} has a RedrivePolicy (maxReceiveCount {count}): every retry \
+             of a parked batch is a receive, so SQS would move it to its dead-letter queue after \
+             {count} retries, long before the retry window. Remove the RedrivePolicy: delivery \
+             dead-letters a batch itself, with the reason, when its window closes"
+        )),
+        (QueueRole::Retry { window }, None) if keeping.retention < window => Some(format!(
+            "the retry queue {name} keeps messages {} s, less than the retry window ({} s): \
+             parked batches would expire unsent",
+            keeping.retention.as_secs(),
+            window.as_secs()
+        )),
+        (QueueRole::Ingest, Some(count)) if count <= max_receives => Some(format!(
+            "the ingest queue {name}'s RedrivePolicy moves a message after {count} receives, \
+             before mpconnect's own dead-lettering (queues.max_receives = {max_receives}), \
+             which records why: make maxReceiveCount larger than {max_receives}"
+        )),
+        _ => None,
     }
 }
 
@@ -388,7 +454,13 @@ pub async fn delivery(shared: &Shared) -> anyhow::Result<Delivery> {
             settings.attempt_timeout = timeout;
         }
         let driver = driver(shared, d).with_context(|| format!("destination {}", d.id))?;
-        let queue = shared.queue(&Shared::retry_queue_name(d), None).await?;
+        let role = QueueRole::Retry {
+            window: settings.retry.window,
+        };
+        let queue = shared
+            .queue(&Shared::retry_queue_name(d), None, role)
+            .await
+            .with_context(|| format!("destination {}", d.id))?;
         destinations.push(Destination::new(
             settings,
             driver,
@@ -397,4 +469,83 @@ pub async fn delivery(shared: &Shared) -> anyhow::Result<Delivery> {
         ));
     }
     Ok(Delivery::new(destinations))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime::queue::Keeping;
+
+    fn keeping(retention_secs: u64, max_receive_count: Option<u32>) -> Keeping {
+        Keeping {
+            retention: Duration::from_secs(retention_secs),
+            max_receive_count,
+        }
+    }
+
+    /// `queues.max_disk_bytes` caps the embedded database: sends fail (ingest answers 503)
+    /// instead of the disk filling up.
+    #[tokio::test]
+    async fn the_embedded_queue_keeps_within_its_disk_cap() {
+        async fn queued_before_full(cap: u64) -> usize {
+            let dir = tempfile::tempdir().unwrap();
+            let text = format!(
+                "data_dir = {:?}\n[queues]\nmax_disk_bytes = {cap}\nsync = \"full\"",
+                dir.path().display().to_string()
+            );
+            let (config, problems) = crate::config::parse(&text, []).unwrap();
+            assert!(problems.is_empty(), "{problems:?}");
+            let shared = Shared::new(config).await.unwrap();
+            let (queue, _) = shared.ingest_queues().await.unwrap();
+            let mut sent = 0;
+            while sent < 200 {
+                let batch = vec![runtime::Message::new(vec![b'x'; 8 * 1024])];
+                if runtime::Queue::send(&queue, batch).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        }
+        assert_eq!(
+            queued_before_full(0).await,
+            200,
+            "no cap: all 1.6 MB queued"
+        );
+        assert!(
+            queued_before_full(256 * 1024).await < 40,
+            "capped near 256 KiB"
+        );
+    }
+
+    #[test]
+    fn queue_settings_that_strand_data_are_named() {
+        let retry = QueueRole::Retry {
+            window: Duration::from_secs(4 * 3600),
+        };
+        let four_days = 345_600;
+        assert_eq!(
+            unsafe_keeping("r", keeping(four_days, None), retry, 10),
+            None
+        );
+        assert!(unsafe_keeping("r", keeping(four_days, Some(1000)), retry, 10).is_some());
+        let short = unsafe_keeping("r", keeping(3600, None), retry, 10).unwrap();
+        assert!(short.contains("less than the retry window"), "{short}");
+        let ingest = QueueRole::Ingest;
+        assert!(unsafe_keeping("i", keeping(four_days, Some(5)), ingest, 10).is_some());
+        assert!(unsafe_keeping("i", keeping(four_days, Some(10)), ingest, 10).is_some());
+        assert_eq!(
+            unsafe_keeping("i", keeping(four_days, Some(20)), ingest, 10),
+            None
+        );
+        assert_eq!(
+            unsafe_keeping("i", keeping(four_days, None), ingest, 10),
+            None
+        );
+        let dlq = QueueRole::DeadLetter;
+        assert_eq!(
+            unsafe_keeping("d", keeping(four_days, Some(1)), dlq, 10),
+            None
+        );
+    }
 }

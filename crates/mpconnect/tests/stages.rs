@@ -229,3 +229,87 @@ async fn two_delivery_processes_share_one_rate_limit_without_429s() {
     assert_eq!(fake.violations(), Vec::<String>::new());
     drop(processes);
 }
+
+/// SQS settings that would strand data are refused at start, with what to change: a retry
+/// queue with a RedrivePolicy would dead-letter a parked batch after a few retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_refuses_a_retry_queue_that_sqs_would_dead_letter_from() {
+    let (sqs, s3) = runtime::testing::moto_clients().await;
+    let dlq = sqs
+        .create_queue()
+        .queue_name(runtime::testing::unique("retry-dlq"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let retry = sqs
+        .create_queue()
+        .queue_name(runtime::testing::unique("retry"))
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"5"}}"#),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let bucket = runtime::testing::unique("claims");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+        data_dir = "{data}"
+        [listen]
+        delivery = "127.0.0.1:{grpc}"
+        delivery_admin = "127.0.0.1:{admin}"
+        [queues]
+        backend = "sqs"
+        [store]
+        backend = "s3"
+        bucket = "{bucket}"
+        [aws]
+        region = "us-east-1"
+        endpoint_url = "{moto}"
+        [[destinations]]
+        id = "archive"
+        kind = "file"
+        retry_queue = "{retry}"
+        "#,
+        data = dir.path().display(),
+        grpc = common::free_port(),
+        admin = common::free_port(),
+        moto = runtime::testing::moto_endpoint(),
+    );
+    let path = dir.path().join("mpconnect.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mpconnect"))
+            .args(["delivery", "--config", path.to_str().unwrap()])
+            .env("MPCONNECT_LOG_FORMAT", "text")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .output()
+    });
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("delivery started on a queue that would strand data")
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("has a RedrivePolicy (maxReceiveCount 5)"),
+        "{stderr}"
+    );
+}
