@@ -29,6 +29,8 @@ pub mod attr {
     pub const BATCH_ID: &str = "mp-batch-id";
     /// Set by ingest for `/bulkevents/historical`.
     pub const HISTORICAL: &str = "mp-historical";
+    /// Attempts made on a message before this copy of it (a retry is a fresh copy).
+    pub const ATTEMPTS: &str = "mp-attempts";
 }
 
 /// Joins one source to one or more destinations, through rules.
@@ -499,12 +501,16 @@ impl Transform {
                 } else {
                     "dead_lettered"
                 }
-            } else if failed.len() < routes.len() {
-                self.requeue_for(&message, &failed).await;
-                "requeued"
             } else {
-                self.nack(&message).await;
-                "retried"
+                // A fresh copy, not a nack: every receive counts toward the queue's
+                // dead-lettering, and good data must wait out an outage of delivery however
+                // long it lasts, never be dead-lettered for it. The copy carries the attempts.
+                self.requeue_for(&message, &failed).await;
+                if failed.len() < routes.len() {
+                    "requeued"
+                } else {
+                    "retried"
+                }
             };
             span.record("outcome", outcome);
             metrics::counter!("mpconnect_transform_messages_total", "outcome" => outcome)
@@ -619,7 +625,7 @@ impl Transform {
     }
 
     async fn nack(&self, message: &Received) {
-        let delay = self.backoff(message.receive_count);
+        let delay = self.backoff(attempts(message));
         self.inner.stats.nacked.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.inner.queue.nack(&message.receipt, delay).await {
             tracing::warn!(error = %e, "cannot give a message back; it returns after its visibility timeout");
@@ -627,11 +633,11 @@ impl Transform {
     }
 
     /// Full jitter over an exponential step: spreads retries of a burst.
-    fn backoff(&self, receive_count: u32) -> Duration {
+    fn backoff(&self, attempts: u32) -> Duration {
         let s = &self.inner.settings;
         let step = s
             .retry_min
-            .saturating_mul(1u32 << receive_count.saturating_sub(1).min(20))
+            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
             .min(s.retry_max);
         step.mul_f64(0.5 + rand::random::<f64>() * 0.5)
     }
@@ -648,12 +654,14 @@ impl Transform {
             })
             .collect::<Vec<_>>()
             .join(",");
+        let attempts = attempts(message);
         let mut attributes = message.attributes.clone();
         attributes.insert(attr::ROUTE.to_owned(), owed);
+        attributes.insert(attr::ATTEMPTS.to_owned(), attempts.to_string());
         let copy = Message {
             body: message.body.clone(),
             attributes,
-            delay: self.backoff(message.receive_count),
+            delay: self.backoff(attempts),
         };
         match self.inner.queue.send(vec![copy]).await {
             Ok(()) => {
@@ -834,4 +842,15 @@ async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) 
     })
     .await;
     outputs.into_iter().flatten().collect()
+}
+
+/// Attempts on a message so far, this one included: those of earlier copies and this copy's
+/// receives.
+fn attempts(message: &Received) -> u32 {
+    message
+        .attributes
+        .get(attr::ATTEMPTS)
+        .and_then(|a| a.parse::<u32>().ok())
+        .unwrap_or(0)
+        .saturating_add(message.receive_count)
 }

@@ -70,6 +70,29 @@ pub fn embedded() -> Queues {
     }
 }
 
+/// As [`embedded`], the queue dead-lettering a message on its receive after `max_receives`.
+pub fn embedded_dead_lettering_after(max_receives: u32) -> Queues {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, store) = local_data(dir.path(), EmbeddedSync::Normal).unwrap();
+    let queue = db.queue_with_dead_letter("ingest", max_receives, "ingest-dlq");
+    let dead_letter = queue.dead_letter().unwrap();
+    let wrap = |q| {
+        runtime::queue::ClaimChecked::new(
+            runtime::AnyQueue::Embedded(q),
+            store.clone(),
+            runtime::queue::DEFAULT_CLAIM_CHECK_THRESHOLD,
+            "claims/",
+            runtime::queue::plain_size,
+        )
+    };
+    Queues {
+        queue: wrap(queue),
+        dead_letter: wrap(dead_letter),
+        db,
+        _dir: dir,
+    }
+}
+
 pub struct Running {
     pub transform: Transform,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
