@@ -526,9 +526,10 @@ impl Destination {
                         }
                     }
                     tokio::select! {
-                        result = me.retry_round() => match result {
-                            Ok(_) => {}
-                            Err(e) => {
+                        result = runtime::guard::guarded("delivery retry worker", me.retry_round()) => match result {
+                            // Panicked: logged and counted; the parked batches come back.
+                            None | Some(Ok(_)) => {}
+                            Some(Err(e)) => {
                                 tracing::warn!(destination = me.id(), error = %e, "retry round failed");
                                 tokio::select! {
                                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

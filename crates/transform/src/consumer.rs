@@ -205,7 +205,10 @@ impl Transform {
                         r = this.inner.queue.receive(this.inner.settings.receive) => r,
                     };
                     match received {
-                        Ok(messages) if !messages.is_empty() => this.process(messages).await,
+                        Ok(messages) if !messages.is_empty() => {
+                            runtime::guard::guarded("transform poller", this.process(messages))
+                                .await;
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot receive from the ingest queue; retrying");

@@ -675,6 +675,51 @@ async fn a_refused_batch_is_never_acknowledged_before_its_dead_letter_copy_is_ma
     peer.stop().await;
 }
 
+/// A panic in a round (here delivery's service, called in-process as in `mpconnect all`) is
+/// contained: the poller goes on to the next messages, and what the round held comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_round_does_not_stop_the_poller() {
+    let q = embedded();
+    let recorder = mpconnect_transform::testing::Recorder::default();
+    let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = panicked.clone();
+    *recorder.on_call.lock().unwrap() = Some(Box::new(move || {
+        if !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("a bug met on the first call");
+        }
+    }));
+    let transform = Transform::new(
+        mpconnect_transform::TransformSettings {
+            pollers: 1,
+            ..settings(vec![connection("c", "web", &["dest"], Rules::default())])
+        },
+        q.queue.clone(),
+        Some(q.dead_letter.clone()),
+        mpconnect_transform::DeliveryClient::in_process(
+            Arc::new(recorder.clone()),
+            Duration::from_secs(10),
+        ),
+    )
+    .unwrap();
+    let running = run(transform);
+    q.queue
+        .send(vec![message("web", &mixed("first"))])
+        .await
+        .unwrap();
+    recorder.wait_for("dest", 1, Duration::from_secs(10)).await;
+    assert!(panicked.load(std::sync::atomic::Ordering::SeqCst));
+    q.queue
+        .send(vec![message("web", &mixed("second"))])
+        .await
+        .unwrap();
+    // The second, and the first again once its visibility (3 s) ran out.
+    recorder.wait_for("dest", 3, Duration::from_secs(20)).await;
+    let ids: std::collections::BTreeSet<String> =
+        recorder.request_ids("dest").into_iter().collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    running.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Balancing.
 

@@ -206,7 +206,7 @@ impl S3Source {
                 };
                 let this = self.clone();
                 tasks.spawn(async move {
-                    this.handle(message).await;
+                    runtime::guard::guarded("s3 source", this.handle(message)).await;
                     drop(permit);
                 });
             }
