@@ -133,8 +133,12 @@ struct Route {
 
 /// What became of one route of one message.
 enum Answer {
-    /// Delivered, parked or dead-lettered: durable elsewhere.
+    /// Delivered or parked (durable elsewhere), or a repeat of one that was: remembered, so a
+    /// repeat is not sent again.
     Answered,
+    /// Dead-lettered by delivery: durable there, but not remembered, so a corrected re-send
+    /// is not dropped as a repeat of what the destination never took.
+    DeadLettered,
     /// Refused for good: the message goes to the dead-letter queue for this route.
     Refused(String),
     /// Not answered: try again later.
@@ -328,7 +332,7 @@ impl Transform {
                     } else {
                         applied_batch.clone()
                     };
-                    let keys = dedupe_keys(message, &out, &route.destination);
+                    let keys = dedupe_keys(message, &out, &connection.id, &route.destination);
                     if keys.iter().any(|k| seen(k, &in_round)) {
                         counted(Events::Deduplicated, out.events.len());
                         per_route[r] = Some(Answer::Answered);
@@ -342,7 +346,7 @@ impl Transform {
                         let Some(id) = &e.source_message_id else {
                             return true;
                         };
-                        let key = event_key(&route.destination, message, id);
+                        let key = event_key(&connection.id, &route.destination, message, id);
                         if seen(&key, &in_round) {
                             return false;
                         }
@@ -446,10 +450,13 @@ impl Transform {
                     (Ok(_), Some((o, _)))
                         if matches!(
                             Outcome::try_from(*o),
-                            Ok(Outcome::Delivered | Outcome::Parked | Outcome::DeadLettered)
+                            Ok(Outcome::Delivered | Outcome::Parked)
                         ) =>
                     {
                         Answer::Answered
+                    }
+                    (Ok(_), Some((o, _))) if Outcome::try_from(*o) == Ok(Outcome::DeadLettered) => {
+                        Answer::DeadLettered
                     }
                     (Ok(_), Some((_, detail))) => {
                         Answer::Failed(format!("no usable outcome: {detail}"))
@@ -473,6 +480,7 @@ impl Transform {
             {
                 match answer {
                     Some(Answer::Answered) => inner.dedupe.insert_all(&route_keys),
+                    Some(Answer::DeadLettered) => {}
                     Some(Answer::Refused(e)) => {
                         refused.push(format!("{destination}: {e}"));
                         refused_routes.push(route.clone());
@@ -770,32 +778,38 @@ fn message_span(message: &Received) -> (tracing::Span, Option<TraceContext>) {
     (span, trace)
 }
 
-/// Keys that mark a batch as already given to `destination`: the S3 source's batch id, the
-/// sender's `source_request_id`, and the queue message itself (a redelivery). Events have
-/// their own, from `source_message_id` ([`event_key`]).
-fn dedupe_keys(message: &Received, batch: &Batch, destination: &str) -> Vec<Key> {
+/// Keys that mark a batch as already given to `destination` by `connection` (two connections
+/// to one destination each deliver their own): the S3 source's batch id, the sender's
+/// `source_request_id`, and the queue message itself (a redelivery). Events have their own,
+/// from `source_message_id` ([`event_key`]).
+fn dedupe_keys(message: &Received, batch: &Batch, connection: &str, destination: &str) -> Vec<Key> {
     let source = message
         .attributes
         .get(queue_attr::SOURCE)
         .map(String::as_str)
         .unwrap_or_default();
-    let mut keys = vec![Key::of(&[destination, "m", &message.message_id])];
+    let mut keys = vec![Key::of(&[
+        connection,
+        destination,
+        "m",
+        &message.message_id,
+    ])];
     if let Some(id) = message.attributes.get(attr::BATCH_ID) {
-        keys.push(Key::of(&[destination, "b", id]));
+        keys.push(Key::of(&[connection, destination, "b", id]));
     }
     if let Some(id) = &batch.source_request_id {
-        keys.push(Key::of(&[destination, "r", source, id]));
+        keys.push(Key::of(&[connection, destination, "r", source, id]));
     }
     keys
 }
 
-fn event_key(destination: &str, message: &Received, id: &str) -> Key {
+fn event_key(connection: &str, destination: &str, message: &Received, id: &str) -> Key {
     let source = message
         .attributes
         .get(queue_attr::SOURCE)
         .map(String::as_str)
         .unwrap_or_default();
-    Key::of(&[destination, "e", source, id])
+    Key::of(&[connection, destination, "e", source, id])
 }
 
 /// Keeps a round's messages invisible while delivery works; stops when dropped.

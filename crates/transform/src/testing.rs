@@ -32,6 +32,8 @@ pub struct Recorder {
     pub received: Arc<Mutex<Vec<(String, RoutedBatch)>>>,
     /// Destinations answered UNAVAILABLE.
     pub failing: Arc<Mutex<HashSet<String>>>,
+    /// Destinations whose batches are answered dead-lettered (and not recorded).
+    pub dead_lettering: Arc<Mutex<HashSet<String>>>,
     pub calls: Arc<AtomicU64>,
     /// Runs on each call before answering (a test's hook, e.g. to cut the network).
     pub on_call: Arc<Mutex<Option<Hook>>>,
@@ -50,6 +52,23 @@ impl DeliveryService for Recorder {
         }
         if self.failing.lock().unwrap().contains(&request.destination) {
             return Err(Status::unavailable("destination down"));
+        }
+        if self
+            .dead_lettering
+            .lock()
+            .unwrap()
+            .contains(&request.destination)
+        {
+            let outcomes = request
+                .batches
+                .iter()
+                .map(|b| BatchOutcome {
+                    key: b.key.clone(),
+                    outcome: Outcome::DeadLettered as i32,
+                    detail: "refused by the destination".into(),
+                })
+                .collect();
+            return Ok(Response::new(DeliverResponse { outcomes }));
         }
         let outcomes = delivered(&request.batches);
         {

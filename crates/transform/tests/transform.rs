@@ -232,6 +232,72 @@ async fn rule_drop_repeats_by_source_message_id() {
     assert_eq!(names(&got), ["Play", "Pause", "Home", "New"]);
 }
 
+/// Two connections from one source to one destination each deliver their own copy (each
+/// with its own rules): the second is not a repeat of the first.
+#[tokio::test]
+async fn two_connections_to_one_destination_each_deliver() {
+    let q = embedded();
+    let peer = Peer::start().await;
+    let transform = Transform::new(
+        settings(vec![
+            connection("everything", "web", &["dest"], Rules::default()),
+            connection("also", "web", &["dest"], Rules::default()),
+        ]),
+        q.queue.clone(),
+        Some(q.dead_letter.clone()),
+        client(vec![peer.addr]),
+    )
+    .unwrap();
+    q.queue
+        .send(vec![message("web", &mixed("twice"))])
+        .await
+        .unwrap();
+    while transform.poll_once().await.unwrap() > 0 {}
+    let batches = peer.recorder.batches("dest");
+    assert_eq!(batches.len(), 2, "one per connection");
+    assert!(
+        batches.iter().all(|b| b.events.len() == 3),
+        "every event in each"
+    );
+    peer.stop().await;
+}
+
+/// A batch the destination refused (dead-lettered) was never taken: the sender's corrected
+/// re-send, with the same ids, inside the window, is delivered, not dropped as a repeat.
+#[tokio::test]
+async fn a_corrected_resend_of_a_dead_lettered_batch_is_delivered() {
+    let q = embedded();
+    let peer = Peer::start().await;
+    let transform = Transform::new(
+        settings(vec![connection("c", "web", &["dest"], Rules::default())]),
+        q.queue.clone(),
+        Some(q.dead_letter.clone()),
+        client(vec![peer.addr]),
+    )
+    .unwrap();
+    peer.recorder
+        .dead_lettering
+        .lock()
+        .unwrap()
+        .insert("dest".into());
+    q.queue
+        .send(vec![message("web", &mixed("fixed-later"))])
+        .await
+        .unwrap();
+    while transform.poll_once().await.unwrap() > 0 {}
+    assert!(peer.recorder.request_ids("dest").is_empty());
+    peer.recorder.dead_lettering.lock().unwrap().clear();
+    q.queue
+        .send(vec![message("web", &mixed("fixed-later"))])
+        .await
+        .unwrap();
+    while transform.poll_once().await.unwrap() > 0 {}
+    assert_eq!(peer.recorder.request_ids("dest"), ["fixed-later"]);
+    let events = &peer.recorder.batches("dest")[0].events;
+    assert_eq!(events.len(), 3, "its events are not repeats either");
+    peer.stop().await;
+}
+
 /// As [`through`], with each batch queued in its pass-through form, as ingest does.
 async fn through_as_sent(rules: Rules, batches: &[String]) -> Vec<schema::v1::Batch> {
     through_queued_by(pass_through_message, rules, batches).await
