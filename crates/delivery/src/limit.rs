@@ -36,9 +36,8 @@ impl Peers {
 
     pub fn set(&self, count: usize) {
         let count = count.max(1);
-        if self.0.swap(count, Ordering::Relaxed) != count {
-            metrics::gauge!("mpconnect_delivery_peers").set(count as f64);
-        }
+        self.0.store(count, Ordering::Relaxed);
+        metrics::gauge!("mpconnect_delivery_peers").set(count as f64);
     }
 }
 
