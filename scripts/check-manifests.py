@@ -521,6 +521,14 @@ def queues_from_template(path):
     for logical, resource in template.get("Resources", {}).items():
         if resource.get("Type") == "AWS::SQS::Queue":
             by_logical[logical] = resource.get("Properties", {})
+        # A trust policy written as a string (so its condition keys can name the issuer) is
+        # checked by nobody else: it must be JSON once substituted.
+        trust = resource.get("Properties", {}).get("AssumeRolePolicyDocument", {})
+        if isinstance(trust, dict) and isinstance(trust.get("Fn::Sub"), str):
+            try:
+                json.loads(re.sub(r"\$\{[^}]+\}", "x", trust["Fn::Sub"]))
+            except ValueError as e:
+                sys.exit(f"{path}: {logical}'s AssumeRolePolicyDocument is not JSON: {e}")
     queues = {}
     for logical, props in by_logical.items():
         attributes = {k: v for k, v in props.items() if k != "QueueName"}
