@@ -609,9 +609,9 @@ def alerts(paths):
     exported = exported_metrics()
     anchors = runbook_anchors(os.path.join(ROOT, "deploy/RUNBOOK.md"))
     for path in paths:
-        docs = render(path) if os.path.isdir(path) and os.path.exists(os.path.join(path, "kustomization.yaml")) and "Component" not in open(os.path.join(path, "kustomization.yaml"), encoding="utf-8").read() else [
-            d for f in sorted(glob.glob(os.path.join(path, "*.yaml")) if os.path.isdir(path) else [path]) for d in load(f)
-        ]
+        # A component renders only inside an overlay: its files are read as they are.
+        files = sorted(glob.glob(os.path.join(path, "*.yaml"))) if os.path.isdir(path) else [path]
+        docs = [d for f in files for d in load(f)]
         problems = []
         kinds = set()
         for doc in docs:
