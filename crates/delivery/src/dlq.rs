@@ -162,28 +162,24 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// Every dead letter of `destination`, oldest first.
     /// Every readable dead letter of `destination`; records that cannot be read are logged
-    /// and left out (see [`DeadLetters::unreadable`]).
+    /// and left out (see [`DeadLetters::scan`]).
     pub async fn list(&self, destination: &str) -> Result<Vec<DeadLetter>, DlqError> {
-        let mut letters = Vec::new();
-        for key in self.keys(destination).await? {
-            if let Some(Ok(letter)) = self.read(&key).await? {
-                letters.push(letter);
-            }
-        }
-        Ok(letters)
+        Ok(self.scan(destination).await?.letters)
     }
 
-    /// The records of `destination` that cannot be read, with why.
-    pub async fn unreadable(&self, destination: &str) -> Result<Vec<(String, String)>, DlqError> {
-        let mut bad = Vec::new();
+    /// Every record of `destination`, each read once: the readable dead letters, and the keys
+    /// of those that cannot be read, with why.
+    pub async fn scan(&self, destination: &str) -> Result<Scan, DlqError> {
+        let mut scan = Scan::default();
         for key in self.keys(destination).await? {
-            if let Some(Err(why)) = self.read(&key).await? {
-                bad.push((key, why));
+            match self.read(&key).await? {
+                Some(Ok(letter)) => scan.letters.push(letter),
+                Some(Err(why)) => scan.unreadable.push((key, why)),
+                None => {}
             }
         }
-        Ok(bad)
+        Ok(scan)
     }
 
     async fn keys(&self, destination: &str) -> Result<Vec<String>, DlqError> {
@@ -269,6 +265,14 @@ impl DeadLetters {
         }
         Ok(report)
     }
+}
+
+/// A destination's dead-letter records, each read once.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub letters: Vec<DeadLetter>,
+    /// Records that cannot be read: their keys, and why.
+    pub unreadable: Vec<(String, String)>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

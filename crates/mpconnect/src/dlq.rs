@@ -56,17 +56,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let endpoint = config.transform.delivery_endpoint.clone();
     let shared = Shared::new(config).await?;
-    if let Command::RedriveIngest = args.command {
-        let (queue, dead_letter) = shared.ingest_queues().await?;
-        let moved = redrive_ingest(&queue, &dead_letter).await?;
-        println!("{moved} message(s) moved from the ingest dead-letter queue to the ingest queue");
-        return Ok(());
-    }
     let letters = shared.dead_letters();
     match args.command {
         Command::List { destination } => {
-            let all = letters.list(&destination).await?;
-            for l in &all {
+            let scan = letters.scan(&destination).await?;
+            for l in &scan.letters {
                 println!(
                     "{}  attempts {:>3}  status {:>3}  {}",
                     l.id,
@@ -75,15 +69,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     l.answer.lines().next().unwrap_or_default()
                 );
             }
-            println!("{} dead letter(s) for {destination}", all.len());
-            for (key, why) in letters.unreadable(&destination).await? {
+            println!("{} dead letter(s) for {destination}", scan.letters.len());
+            for (key, why) in &scan.unreadable {
                 println!("unreadable: {key}: {why}");
             }
         }
         Command::Show { id, destination } => {
             println!("{}", letters.get(&destination, &id).await?.to_pretty_json());
         }
-        Command::RedriveIngest => unreachable!("handled above"),
+        Command::RedriveIngest => {
+            let (queue, dead_letter) = shared.ingest_queues().await?;
+            let moved = redrive_ingest(&queue, &dead_letter).await?;
+            println!(
+                "{moved} message(s) moved from the ingest dead-letter queue to the ingest queue"
+            );
+        }
         Command::Redrive {
             destination,
             delivery,
