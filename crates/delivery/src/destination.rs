@@ -27,12 +27,15 @@ pub struct DestinationSettings {
     pub retry_workers: usize,
 }
 
+/// How long one attempt gets unless configured.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl DestinationSettings {
     pub fn new(id: impl Into<String>) -> Self {
         DestinationSettings {
             id: id.into(),
             retry: RetryPolicy::default(),
-            attempt_timeout: Duration::from_secs(30),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             retry_batch: 100,
             retry_workers: 2,
         }

@@ -11,6 +11,9 @@ use crate::driver::{Answer, retry_after, short};
 use crate::limit::{LimitSettings, Limiter, Permit, Refused, Signal};
 use runtime::telemetry;
 
+/// How long one HTTP request gets unless configured (mParticle and webhooks alike).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// mParticle's share of its rate limit used, on 2xx answers.
 const PERCENT_USED: &str = "x-mp-rate-limit-percentage-used";
 

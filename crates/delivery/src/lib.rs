@@ -21,7 +21,10 @@ pub mod service;
 pub mod testing;
 pub mod webhook;
 
-pub use destination::{Destination, DestinationSettings, DestinationState};
-pub use dlq::{DeadLetter, DeadLetters, RedriveReport};
+pub use destination::{
+    DEFAULT_ATTEMPT_TIMEOUT, Destination, DestinationSettings, DestinationState,
+};
+pub use dlq::{DeadLetter, DeadLetters, RedriveReport, Scan};
 pub use driver::{Answer, Driver};
+pub use http::DEFAULT_REQUEST_TIMEOUT;
 pub use service::Delivery;

@@ -93,8 +93,8 @@ pub struct Parked {
 /// The parked batch a retry-queue message holds; an error for one that holds none (a missing
 /// claim-checked body is never read as an empty batch).
 pub fn parked_from(received: &Received) -> Result<Parked, String> {
-    if let Some(key) = received.missing_body() {
-        return Err(format!("its claim-checked body {key} is missing"));
+    if let Some(why) = received.missing_body() {
+        return Err(why);
     }
     let batch = RoutedBatch::decode(received.body.as_ref()).map_err(|e| e.to_string())?;
     if batch.batch.is_none() {

@@ -371,6 +371,17 @@ async fn a_hanging_destination_does_not_slow_another() {
     stage.stop().await;
 }
 
+/// The webhook driver's answer for one batch posted to `url`.
+async fn post_one_to_webhook(url: String, request_id: &str) -> Vec<mpconnect_delivery::Answer> {
+    let driver = WebhookDriver::new("hook", WebhookSettings::new(url)).unwrap();
+    driver
+        .send(
+            &[routed(batch(1, request_id, 1))],
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+}
+
 /// A webhook that answers with a redirect has not taken the batch: following it would turn the
 /// POST into a GET of whatever page it names, and record a 200 for data nobody received.
 #[tokio::test]
@@ -389,13 +400,7 @@ async fn a_webhook_redirect_is_not_a_delivery() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let driver = WebhookDriver::new("hook", WebhookSettings::new(url)).unwrap();
-    let answers = driver
-        .send(
-            &[routed(batch(1, "redirected", 1))],
-            Instant::now() + Duration::from_secs(5),
-        )
-        .await;
+    let answers = post_one_to_webhook(url, "redirected").await;
     assert!(
         matches!(
             &answers[0],
@@ -416,13 +421,7 @@ async fn a_webhook_error_does_not_carry_its_url() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let url = format!("http://127.0.0.1:{port}/hooks/T0-secret-token-5e1f");
-    let driver = WebhookDriver::new("hook", WebhookSettings::new(url)).unwrap();
-    let answers = driver
-        .send(
-            &[routed(batch(1, "unreachable", 1))],
-            Instant::now() + Duration::from_secs(5),
-        )
-        .await;
+    let answers = post_one_to_webhook(url, "unreachable").await;
     let mpconnect_delivery::Answer::Retry { detail, .. } = &answers[0] else {
         panic!("{answers:?}");
     };

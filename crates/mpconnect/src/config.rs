@@ -710,8 +710,11 @@ impl Config {
         let deadline = crate::stages::DELIVER_DEADLINE;
         for (i, d) in self.destinations.iter().enumerate() {
             // A request may start as late as the attempt's end, and then take its own timeout.
-            let attempt = d.attempt_timeout_ms.unwrap_or(30_000);
-            let request = d.request_timeout_ms.unwrap_or(10_000);
+            let ms = |set: Option<u64>, default: std::time::Duration| {
+                set.unwrap_or(default.as_millis() as u64)
+            };
+            let attempt = ms(d.attempt_timeout_ms, delivery::DEFAULT_ATTEMPT_TIMEOUT);
+            let request = ms(d.request_timeout_ms, delivery::DEFAULT_REQUEST_TIMEOUT);
             let longest = std::time::Duration::from_millis(attempt.saturating_add(request));
             if longest + ANSWER_MARGIN > deadline {
                 problems.push(format!(

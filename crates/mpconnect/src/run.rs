@@ -171,21 +171,7 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
     let mut in_process_delivery = None;
     if runs(Target::Delivery) {
         if let Some(names) = shared.config.delivery.peers.clone() {
-            // Counted before the first request, so no pod starts at the whole rate.
-            match tokio::time::timeout(stages::RESOLVE_EVERY, stages::peer_count(&names)).await {
-                Ok(Ok(count)) => shared.peers.set(count),
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot count delivery peers yet"),
-                Err(_) => tracing::warn!("counting delivery peers takes too long; retrying"),
-            }
-            tracing::info!(
-                peers = shared.peers.get(),
-                "each takes an equal share of the rate limits"
-            );
-            tokio::spawn(stages::count_peers(
-                names,
-                shared.peers.clone(),
-                delivery_stopped(),
-            ));
+            stages::count_peers(names, shared.peers.clone(), delivery_stopped()).await;
         }
         let delivery = stages::delivery(&shared).await?;
         if target == Target::All {

@@ -289,36 +289,46 @@ pub async fn transform(shared: &Shared, client: DeliveryClient) -> anyhow::Resul
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 /// Counts the delivery processes named by `delivery.peers` (every address each name resolves
-/// to) every [`RESOLVE_EVERY`], and sets `peers` to the count, until `stopped`. When a lookup
-/// fails, the last count stands: a DNS hiccup must not double every pod's rate.
+/// to) once before returning, so no process starts at the whole rate, then every
+/// [`RESOLVE_EVERY`] in the background until `stopped`, setting `peers` to the count. When a
+/// lookup fails, the last count stands: a DNS hiccup must not double every pod's rate.
 pub async fn count_peers(
     names: String,
     peers: Peers,
-    stopped: impl std::future::Future<Output = ()>,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let counting = async {
-        loop {
-            tokio::time::sleep(RESOLVE_EVERY).await;
-            match peer_count(&names).await {
-                Ok(count) => {
-                    if count.max(1) != peers.get() {
-                        tracing::info!(
-                            peers = count,
-                            "delivery peers changed; each takes an equal share of the rate limits"
-                        );
-                    }
-                    peers.set(count);
+    async fn recount(names: &str, peers: &Peers) {
+        match tokio::time::timeout(RESOLVE_EVERY, peer_count(names)).await {
+            Ok(Ok(count)) => {
+                if count.max(1) != peers.get() {
+                    tracing::info!(
+                        peers = count,
+                        "delivery peers changed; each takes an equal share of the rate limits"
+                    );
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot count delivery peers; keeping the last count")
-                }
+                peers.set(count);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot count delivery peers; keeping the last count")
+            }
+            Err(_) => {
+                tracing::warn!("counting delivery peers took too long; keeping the last count")
             }
         }
-    };
-    tokio::select! {
-        _ = counting => {}
-        _ = stopped => {}
     }
+    recount(&names, &peers).await;
+    tokio::spawn(async move {
+        let counting = async {
+            loop {
+                tokio::time::sleep(RESOLVE_EVERY).await;
+                recount(&names, &peers).await;
+            }
+        };
+        tokio::select! {
+            _ = counting => {}
+            _ = stopped => {}
+        }
+    });
 }
 
 /// The distinct addresses that the comma-separated `host:port` names resolve to.

@@ -447,20 +447,11 @@ impl Transform {
                 *slot = Some(match (&result, outcomes.get(&key)) {
                     (Err(DeliveryError::Permanent(e)), _) => Answer::Refused(e.clone()),
                     (Err(DeliveryError::Temporary(e)), _) => Answer::Failed(e.clone()),
-                    (Ok(_), Some((o, _)))
-                        if matches!(
-                            Outcome::try_from(*o),
-                            Ok(Outcome::Delivered | Outcome::Parked)
-                        ) =>
-                    {
-                        Answer::Answered
-                    }
-                    (Ok(_), Some((o, _))) if Outcome::try_from(*o) == Ok(Outcome::DeadLettered) => {
-                        Answer::DeadLettered
-                    }
-                    (Ok(_), Some((_, detail))) => {
-                        Answer::Failed(format!("no usable outcome: {detail}"))
-                    }
+                    (Ok(_), Some((o, detail))) => match Outcome::try_from(*o) {
+                        Ok(Outcome::Delivered | Outcome::Parked) => Answer::Answered,
+                        Ok(Outcome::DeadLettered) => Answer::DeadLettered,
+                        _ => Answer::Failed(format!("no usable outcome: {detail}")),
+                    },
                     (Ok(_), None) => Answer::Failed("delivery's answer left this batch out".into()),
                 });
             }
@@ -551,8 +542,8 @@ impl Transform {
     /// The message's batch and the routes it owes.
     fn route(&self, message: &Received) -> Result<(Batch, Vec<Route>), String> {
         let inner = &self.inner;
-        if let Some(key) = message.missing_body() {
-            return Err(format!("its claim-checked body {key} is missing"));
+        if let Some(why) = message.missing_body() {
+            return Err(why);
         }
         let json = message
             .attributes

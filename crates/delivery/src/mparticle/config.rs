@@ -69,7 +69,7 @@ impl MparticleSettings {
                 min_rate: 27.0,
                 ..LimitSettings::default()
             },
-            request_timeout: Duration::from_secs(10),
+            request_timeout: crate::http::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }

@@ -22,7 +22,7 @@ impl WebhookSettings {
             url: url.into(),
             authorization: None,
             limit: LimitSettings::default(),
-            request_timeout: Duration::from_secs(10),
+            request_timeout: crate::http::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }

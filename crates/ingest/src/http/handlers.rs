@@ -61,7 +61,6 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready only when the queue answers: a stage that cannot store data must not get traffic.
 /// Ready unless this process is stopping. It never asks the queue: a few seconds of SQS
 /// trouble would mark every pod unready at once and empty the Service; that shows per
 /// request instead (503 with `Retry-After`), and in metrics.

@@ -77,10 +77,12 @@ pub struct Received {
 }
 
 impl Received {
-    /// The object key of a claim-checked body that could not be found: the message holds no
-    /// data, and must never be read as an (empty) batch.
-    pub fn missing_body(&self) -> Option<&str> {
-        self.attributes.get(attr::CLAIM_CHECK).map(String::as_str)
+    /// Why the message holds no data, when its claim-checked body could not be found: such a
+    /// message must never be read as an (empty) batch.
+    pub fn missing_body(&self) -> Option<String> {
+        self.attributes
+            .get(attr::CLAIM_CHECK)
+            .map(|key| format!("its claim-checked body {key} is missing"))
     }
 }
 

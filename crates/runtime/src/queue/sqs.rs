@@ -125,16 +125,12 @@ impl SqsQueue {
     /// The queue's retention and RedrivePolicy, as SQS reports them: the stages refuse to
     /// start on settings that would strand data (see `mpconnect`'s start-up checks).
     pub async fn keeping(&self) -> Result<Keeping, QueueError> {
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&*self.url)
-            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
-            .attribute_names(QueueAttributeName::RedrivePolicy)
-            .send()
-            .await
-            .map_err(|e| classify("GetQueueAttributes", e))?;
-        let attrs = out.attributes.unwrap_or_default();
+        let attrs = self
+            .attributes([
+                QueueAttributeName::MessageRetentionPeriod,
+                QueueAttributeName::RedrivePolicy,
+            ])
+            .await?;
         let retention = attrs
             .get(&QueueAttributeName::MessageRetentionPeriod)
             .and_then(|v| v.parse::<u64>().ok())
@@ -159,6 +155,22 @@ impl SqsQueue {
             retention: Duration::from_secs(retention),
             max_receive_count,
         })
+    }
+
+    /// The queue's attributes `names`, as SQS reports them.
+    async fn attributes(
+        &self,
+        names: impl IntoIterator<Item = QueueAttributeName>,
+    ) -> Result<std::collections::HashMap<QueueAttributeName, String>, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&*self.url)
+            .set_attribute_names(Some(names.into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| classify("GetQueueAttributes", e))?;
+        Ok(out.attributes.unwrap_or_default())
     }
 
     /// Resolves the queue (and dead-letter queue) URLs.
@@ -467,17 +479,13 @@ impl Queue for SqsQueue {
     }
 
     async fn depth(&self) -> Result<Depth, QueueError> {
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&*self.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(|e| classify("GetQueueAttributes", e))?;
-        let attrs = out.attributes.unwrap_or_default();
+        let attrs = self
+            .attributes([
+                QueueAttributeName::ApproximateNumberOfMessages,
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+            ])
+            .await?;
         let get = |name: QueueAttributeName| {
             attrs
                 .get(&name)
