@@ -316,8 +316,9 @@ impl Destination {
         } else {
             batches
         };
-        // Requests that started are let finish (each has its own timeout) so their answers
-        // are not lost; the outer bound is only a safety net against a stuck driver.
+        // Each request ends by the deadline (the HTTP drivers bound it so), so the answers of
+        // those that succeeded are kept; the outer bound is only a safety net against a stuck
+        // driver, and cutting an attempt there would send its delivered batches again.
         let deadline = Instant::now() + self.settings.attempt_timeout;
         let answers = match tokio::time::timeout(
             self.settings.attempt_timeout * 2,

@@ -14,6 +14,9 @@ use runtime::telemetry;
 /// How long one HTTP request gets unless configured (mParticle and webhooks alike).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The least time a request is given to be answered within an attempt (see `post_traced`).
+const ANSWER_ROOM: Duration = Duration::from_secs(1);
+
 /// mParticle's share of its rate limit used, on 2xx answers.
 const PERCENT_USED: &str = "x-mp-rate-limit-percentage-used";
 
@@ -27,6 +30,8 @@ pub struct Poster {
     /// Who answers, in details ("mParticle", "the webhook").
     who: &'static str,
     client: reqwest::Client,
+    /// Each request's own bound; an attempt's deadline may cut it shorter.
+    timeout: Duration,
     limiter: Arc<Limiter>,
     authorization: Credential,
 }
@@ -52,6 +57,7 @@ impl Poster {
             destination: destination.to_owned(),
             who,
             client,
+            timeout,
             limiter: Limiter::new(destination, limit),
             authorization: RwLock::new(Err("not loaded".into())),
         })
@@ -121,7 +127,12 @@ impl Poster {
         deadline: Instant,
     ) -> Answer {
         let who = self.who;
-        let permit = match self.limiter.acquire(batches, deadline).await {
+        // A request needs room to be answered: one sent just before the deadline would be cut
+        // while the destination may still take it, and its batches would go again. So it
+        // starts by the attempt's midpoint or a second before its end, whichever is later.
+        let room = (deadline.saturating_duration_since(Instant::now()) / 2).min(ANSWER_ROOM);
+        let latest_start = deadline.checked_sub(room).unwrap_or(deadline);
+        let permit = match self.limiter.acquire(batches, latest_start).await {
             Ok(permit) => permit,
             Err(Refused::Paused { remaining }) => {
                 return Answer::Retry {
@@ -143,9 +154,13 @@ impl Poster {
                 };
             }
         };
+        // Every request ends by the attempt's deadline: an attempt cut off as a whole would
+        // lose the answers of its requests that did succeed, and send those batches again.
+        let left = deadline.saturating_duration_since(Instant::now());
         let mut request = self
             .client
             .post(url)
+            .timeout(self.timeout.min(left))
             .header(CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(value) = authorization {

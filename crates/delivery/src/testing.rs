@@ -36,6 +36,8 @@ pub struct Behaviour {
     pub status: Option<u16>,
     /// Never answer.
     pub hang: bool,
+    /// Never answer a request holding a batch whose `source_request_id` starts with this.
+    pub hang_request_ids_starting: Option<String>,
     /// A request holding a batch whose `source_request_id` starts with this is answered 400.
     pub reject_request_ids_starting: Option<String>,
     /// `X-mp-rate-limit-percentage-used` on 202 answers.
@@ -239,7 +241,15 @@ async fn answer(
             ));
         }
     }
-    if behaviour.hang {
+    let hangs_for_its_batches =
+        behaviour
+            .hang_request_ids_starting
+            .as_ref()
+            .is_some_and(|prefix| {
+                let needle = format!("\"source_request_id\":\"{prefix}");
+                body.windows(needle.len()).any(|w| w == needle.as_bytes())
+            });
+    if behaviour.hang || hangs_for_its_batches {
         std::future::pending::<()>().await;
     }
     let (status, batches, response) = check(state, &behaviour, headers, body, bytes);

@@ -404,3 +404,57 @@ async fn call(router: &axum::Router, path: &str) -> (u16, String) {
         .unwrap();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// An attempt of two requests, one of which hangs past the attempt timeout: the batches of the
+/// one that was answered are delivered (and never sent again), only those of the hanging one
+/// are parked. Cut off as a whole, the attempt would lose the first request's answer and send
+/// its batches twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_request_costs_only_its_own_batches() {
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    fake.set(|b| b.hang_request_ids_starting = Some("slow-".into()));
+    let mut settings = quick("mp");
+    settings.attempt_timeout = Duration::from_secs(1);
+    // Each request's own timeout (5 s) outlasts the attempt's safety net (twice the attempt).
+    let stage = Stage::start(vec![(
+        settings,
+        mparticle("mp", &fake.base_url(), secret()),
+    )])
+    .await;
+    // Over 100 batches: two requests, the second holding the slow ones.
+    let ids: Vec<String> = (0..150)
+        .map(|i| {
+            if i < 100 {
+                format!("fast-{i}")
+            } else {
+                format!("slow-{i}")
+            }
+        })
+        .collect();
+    let batches: Vec<_> = ids.iter().map(|id| routed(batch(1, id, 1))).collect();
+    let outcomes = stage.deliver("mp", batches).await;
+    let delivered: BTreeSet<&str> = outcomes
+        .iter()
+        .filter(|o| o.outcome == Outcome::Delivered as i32)
+        .map(|o| o.key.as_str())
+        .collect();
+    assert_eq!(
+        delivered.len(),
+        100,
+        "the answered request's batches are delivered"
+    );
+    assert!(delivered.iter().all(|k| k.starts_with("fast-")));
+    assert_eq!(count(&outcomes, Outcome::Parked), 50);
+
+    fake.set(|b| b.hang_request_ids_starting = None);
+    eventually("the parked batches", Duration::from_secs(20), || {
+        fake.request_ids().len() >= 150
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let arrived = fake.request_ids();
+    let unique: BTreeSet<&String> = arrived.iter().collect();
+    assert_eq!(unique.len(), 150);
+    assert_eq!(arrived.len(), 150, "every batch once");
+    stage.stop().await;
+}

@@ -274,6 +274,8 @@ pub struct TransformConfig {
     /// in flight per poller keeps two cores busy only with about a dozen of them.
     #[serde(default = "default_pollers")]
     pub pollers: usize,
+    #[serde(default)]
+    pub dedupe: DedupeConfig,
 }
 
 fn default_pollers() -> usize {
@@ -285,9 +287,57 @@ impl Default for TransformConfig {
         TransformConfig {
             delivery_endpoint: default_delivery_addr(),
             pollers: default_pollers(),
+            dedupe: DedupeConfig::default(),
         }
     }
 }
+
+/// The transform's window of repeats (see `transform::dedupe`).
+#[derive(Debug, Deserialize)]
+pub struct DedupeConfig {
+    /// How long a delivered batch's keys are remembered. It must outlast a redelivery: the
+    /// ingest queue's visibility timeout (60 s) and a restart.
+    #[serde(default = "default_dedupe_window_secs")]
+    pub window_secs: u64,
+    /// Memory caps: about 20 bytes a key. Past a cap the oldest keys go before their time
+    /// (a warning and `mpconnect_transform_dedupe_window_seconds` say how far back it reaches).
+    #[serde(default = "default_max_batch_keys")]
+    pub max_batch_keys: usize,
+    #[serde(default = "default_max_event_keys")]
+    pub max_event_keys: usize,
+    /// Where the window is kept across restarts (under `data_dir` when relative); `""`: in
+    /// memory only.
+    #[serde(default = "default_dedupe_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_dedupe_window_secs() -> u64 {
+    600
+}
+fn default_max_batch_keys() -> usize {
+    2_000_000
+}
+fn default_max_event_keys() -> usize {
+    500_000
+}
+fn default_dedupe_dir() -> PathBuf {
+    PathBuf::from("dedupe")
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        DedupeConfig {
+            window_secs: default_dedupe_window_secs(),
+            max_batch_keys: default_max_batch_keys(),
+            max_event_keys: default_max_event_keys(),
+            dir: default_dedupe_dir(),
+        }
+    }
+}
+
+/// The smallest dedupe window: twice the ingest queue's visibility timeout, so a message whose
+/// delete was lost is still remembered when it comes back.
+pub const MIN_DEDUPE_WINDOW_SECS: u64 = 120;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct DeliveryConfig {
@@ -595,6 +645,12 @@ impl Config {
                 self.queues.backend
             ));
         }
+        if self.transform.dedupe.window_secs < MIN_DEDUPE_WINDOW_SECS {
+            problems.push(format!(
+                "transform.dedupe.window_secs: {} is shorter than a redelivery takes (at least {MIN_DEDUPE_WINDOW_SECS}: twice the ingest queue's visibility timeout)",
+                self.transform.dedupe.window_secs
+            ));
+        }
         if !matches!(self.queues.sync.as_str(), "normal" | "full") {
             problems.push(format!(
                 "queues.sync: {:?} is neither \"normal\" nor \"full\"",
@@ -820,6 +876,8 @@ mod tests {
             id = "c"
             source = "web"
             destinations = ["mp", "missing"]
+            [transform.dedupe]
+            window_secs = 30
         "#;
         let (config, mut problems) = parse(text, []).unwrap();
         problems.extend(config.problems_for(SecretsOf::ALL));
@@ -830,13 +888,14 @@ mod tests {
             "sources[0].api_secret: environment variable MPCONNECT_TEST_SURELY_UNSET is not set",
             "destinations[0].pod: \"mars1\" is not one of",
             "connections[0].destinations[1]: no destination \"missing\"",
+            "transform.dedupe.window_secs: 30 is shorter than a redelivery takes",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(expected)),
                 "{expected:?} not in {problems:#?}"
             );
         }
-        assert_eq!(problems.len(), 6, "{problems:#?}");
+        assert_eq!(problems.len(), 7, "{problems:#?}");
     }
 
     #[test]

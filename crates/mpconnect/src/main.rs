@@ -75,6 +75,9 @@ enum Command {
     /// The end-to-end benchmark: `mpconnect all` under load, delivering to a counting
     /// receiver, beside the one-core floor measured in the same run (see README).
     Bench(bench::Args),
+    /// The fault suite: kill -9, an unwell destination, a full disk; counts what went
+    /// missing or arrived twice (see README).
+    Faults(bench::faults::Args),
 }
 
 #[derive(Subcommand)]
@@ -185,6 +188,7 @@ fn main() -> std::process::ExitCode {
                 dlq::run(args).await
             }
             Command::Bench(args) => bench::run(args).await,
+            Command::Faults(args) => bench::faults::run(args).await,
             Command::Backfill(args) => {
                 init_logs(None, None, None);
                 backfill::run(args).await

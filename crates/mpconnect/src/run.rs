@@ -106,10 +106,11 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener>
         .with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 
-/// `/healthz`, `/readyz` and `/metrics` for a stage without HTTP of its own.
-fn admin() -> axum::Router {
+/// `/healthz` (answered by `health`), `/readyz` and `/metrics` for a stage without HTTP of
+/// its own.
+fn admin(health: axum::routing::MethodRouter) -> axum::Router {
     axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", health)
         .route("/readyz", get(|| async { "ok" }))
         .route(
             "/metrics",
@@ -211,7 +212,18 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
             let admin_listener =
                 bind(&listen.transform_admin, "transform's health and metrics").await?;
             tracing::info!(addr = %admin_listener.local_addr()?, "transform health and metrics");
-            tokio::spawn(serve_admin(admin(), admin_listener, transform_stopped()));
+            // A stuck poller makes the process unhealthy, so Kubernetes restarts it.
+            let watched = transform.clone();
+            let router = admin(get(move || {
+                let stalled = watched.stalled();
+                async move {
+                    match stalled {
+                        None => (axum::http::StatusCode::OK, "ok".to_owned()),
+                        Some(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why),
+                    }
+                }
+            }));
+            tokio::spawn(serve_admin(router, admin_listener, transform_stopped()));
         }
         let stopped = transform_stopped();
         transform_task = Some(tokio::spawn(async move { transform.run(stopped).await }));

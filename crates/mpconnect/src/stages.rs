@@ -274,9 +274,17 @@ pub async fn transform(shared: &Shared, client: DeliveryClient) -> anyhow::Resul
             rules: c.rules.to_rules().map_err(anyhow::Error::msg)?,
         });
     }
+    let dedupe = &shared.config.transform.dedupe;
     let settings = TransformSettings {
         connections,
         pollers: shared.config.transform.pollers.max(1),
+        dedupe: transform::DedupeSettings {
+            window: Duration::from_secs(dedupe.window_secs),
+            max_batch_keys: dedupe.max_batch_keys,
+            max_event_keys: dedupe.max_event_keys,
+            dir: (!dedupe.dir.as_os_str().is_empty())
+                .then(|| shared.config.data_dir.join(&dedupe.dir)),
+        },
         ..TransformSettings::default()
     };
     Transform::new(settings, queue, Some(dead_letter), client)

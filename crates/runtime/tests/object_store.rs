@@ -103,6 +103,34 @@ async fn a_failed_local_write_leaves_no_partial_file() {
     assert_eq!(left, ["taken"], "a partial file was left behind");
 }
 
+/// Listing while objects are written and deleted never fails: an entry gone between reading
+/// the directory and looking at it (a temporary file renamed into place) is left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_listing_during_writes_and_deletes_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(dir.path());
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..400 {
+                let key = format!("letters/{i}.json");
+                store
+                    .put(&key, Bytes::from(vec![b'x'; 4096]))
+                    .await
+                    .unwrap();
+                if i % 2 == 0 {
+                    store.delete(&key).await.unwrap();
+                }
+            }
+        })
+    };
+    while !writer.is_finished() {
+        store.list("letters/").await.expect("a listing mid-write");
+    }
+    writer.await.unwrap();
+    assert_eq!(store.list("letters/").await.unwrap().len(), 200);
+}
+
 #[tokio::test]
 async fn s3() {
     let (config, settings) = common::aws().await;

@@ -4,9 +4,9 @@
 //! routed to the others alone is queued and the original deleted, so a healthy destination
 //! never gets the batch twice because a sick one made it come back.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -16,7 +16,7 @@ use runtime::{Message, Queue, QueueError, ReceiveOptions, Received, StageQueue};
 use schema::v1::{Batch, Outcome, RoutedBatch};
 
 use crate::client::{DeliveryClient, DeliveryError};
-use crate::dedupe::{DedupeSettings, DedupeWindow, Key};
+use crate::dedupe::{DedupeSettings, DedupeWindow, Key, Tier};
 use crate::rules::Rules;
 
 /// Queue attributes the transform sets.
@@ -52,6 +52,9 @@ pub struct TransformSettings {
     /// Backoff of a message that found delivery unavailable: doubles per receive, with jitter.
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// A poller that has not come round for this long is stuck ([`Transform::stalled`]): a
+    /// round is bounded by delivery's deadline and the queue's timeouts, far below it.
+    pub stalled_after: Duration,
 }
 
 impl Default for TransformSettings {
@@ -67,6 +70,7 @@ impl Default for TransformSettings {
             dedupe: DedupeSettings::default(),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            stalled_after: Duration::from_secs(300),
         }
     }
 }
@@ -119,6 +123,11 @@ struct Inner {
     dead_letter: Option<StageQueue>,
     client: DeliveryClient,
     dedupe: DedupeWindow,
+    /// Batch keys other rounds are delivering now: a copy of one of them (a sender's re-send
+    /// queued beside the first) waits for that outcome instead of going out beside it.
+    in_flight: Mutex<HashSet<Key>>,
+    /// When each poller last came round (ms since the epoch; 0: not started, MAX: stopped).
+    turns: Vec<AtomicI64>,
     stats: TransformStats,
     /// Source id → indexes of its connections.
     by_source: HashMap<String, Vec<usize>>,
@@ -176,7 +185,10 @@ impl Transform {
             return Err(problems);
         }
         runtime::telemetry::metrics();
-        let dedupe = DedupeWindow::new(settings.dedupe);
+        let dedupe = DedupeWindow::new(settings.dedupe.clone());
+        let turns = (0..settings.pollers.max(1))
+            .map(|_| AtomicI64::new(0))
+            .collect();
         Ok(Transform {
             inner: Arc::new(Inner {
                 settings,
@@ -184,6 +196,8 @@ impl Transform {
                 dead_letter,
                 client,
                 dedupe,
+                in_flight: Mutex::default(),
+                turns,
                 stats: TransformStats::default(),
                 by_source,
             }),
@@ -199,32 +213,61 @@ impl Transform {
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut pollers = tokio::task::JoinSet::new();
-        for _ in 0..self.inner.settings.pollers.max(1) {
+        for poller in 0..self.inner.turns.len() {
             let this = self.clone();
             let mut stopped = stopped.clone();
             pollers.spawn(async move {
                 loop {
+                    this.inner.turns[poller].store(runtime::now_ms(), Ordering::Relaxed);
+                    let receive = this.inner.queue.receive(this.inner.settings.receive);
                     let received = tokio::select! {
                         _ = stopped.wait_for(|s| *s) => break,
-                        r = this.inner.queue.receive(this.inner.settings.receive) => r,
+                        r = runtime::guard::guarded("transform poller", receive) => r,
                     };
                     match received {
-                        Ok(messages) if !messages.is_empty() => {
+                        Some(Ok(messages)) if !messages.is_empty() => {
                             runtime::guard::guarded("transform poller", this.process(messages))
                                 .await;
                         }
-                        Ok(_) => {}
-                        Err(e) => {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
                             tracing::warn!(error = %e, "cannot receive from the ingest queue; retrying");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
+                        None => tokio::time::sleep(Duration::from_secs(1)).await,
                     }
                 }
+                // Stopped: no longer expected to turn.
+                this.inner.turns[poller].store(i64::MAX, Ordering::Relaxed);
             });
         }
         shutdown.await;
         let _ = stop.send(true);
         while pollers.join_next().await.is_some() {}
+    }
+
+    /// Why the transform is unhealthy, if it is: a poller that has not come round for
+    /// `stalled_after`. Pollers not started yet, or stopped, are not counted.
+    pub fn stalled(&self) -> Option<String> {
+        let now = runtime::now_ms();
+        let stalled_after = self.inner.settings.stalled_after;
+        let limit = stalled_after.as_millis() as i64;
+        let stuck = self
+            .inner
+            .turns
+            .iter()
+            .filter(|t| {
+                let at = t.load(Ordering::Relaxed);
+                at != 0 && at != i64::MAX && now - at > limit
+            })
+            .count();
+        (stuck > 0).then(|| {
+            format!(
+                "{stuck} of {} ingest-queue pollers have not come round for {} s",
+                self.inner.turns.len(),
+                stalled_after.as_secs()
+            )
+        })
     }
 
     /// One receive and its processing; returns how many messages it handled.
@@ -285,16 +328,20 @@ impl Transform {
         // Apply each connection's rules once, drop repeats per destination, group by destination.
         let mut by_destination: BTreeMap<String, Vec<RoutedBatch>> = BTreeMap::new();
         let mut answers: Vec<Vec<Option<Answer>>> = Vec::with_capacity(work.len());
-        let mut remember: Vec<Vec<(String, Vec<Key>)>> = Vec::with_capacity(work.len());
+        let mut remember: Vec<Vec<(String, RouteKeys)>> = Vec::with_capacity(work.len());
         // Keys already routed in this round: a repeat inside one round is a repeat too.
         let mut in_round: std::collections::HashSet<Key> = std::collections::HashSet::new();
-        let seen = |key: &Key, in_round: &std::collections::HashSet<Key>| {
-            in_round.contains(key) || inner.dedupe.contains(key)
+        let mut reserved = Reservation {
+            in_flight: &inner.in_flight,
+            keys: Vec::new(),
+        };
+        let seen = |tier: Tier, key: &Key, in_round: &std::collections::HashSet<Key>| {
+            in_round.contains(key) || inner.dedupe.contains(tier, key)
         };
         for (m, (message, batch, routes)) in work.iter_mut().enumerate() {
             let mut per_route: Vec<Option<Answer>> = (0..routes.len()).map(|_| None).collect();
-            let mut keys_per_route: Vec<(String, Vec<Key>)> =
-                vec![(String::new(), Vec::new()); routes.len()];
+            let mut keys_per_route: Vec<(String, RouteKeys)> =
+                vec![(String::new(), RouteKeys::default()); routes.len()];
             let had_events = !batch.events.is_empty();
             // Summed over every route, for the message's span.
             let mut events_out = 0usize;
@@ -333,10 +380,18 @@ impl Transform {
                         applied_batch.clone()
                     };
                     let keys = dedupe_keys(message, &out, &connection.id, &route.destination);
-                    if keys.iter().any(|k| seen(k, &in_round)) {
+                    if keys.iter().any(|k| seen(Tier::Batch, k, &in_round)) {
                         counted(Events::Deduplicated, out.events.len());
                         per_route[r] = Some(Answer::Answered);
-                        keys_per_route[r] = (route.destination.clone(), Vec::new());
+                        keys_per_route[r] = (route.destination.clone(), RouteKeys::default());
+                        continue;
+                    }
+                    if !reserved.take(&keys) {
+                        per_route[r] = Some(Answer::Failed(
+                            "a copy of this batch is being delivered; it waits for that outcome"
+                                .into(),
+                        ));
+                        keys_per_route[r] = (route.destination.clone(), RouteKeys::default());
                         continue;
                     }
                     // Each kept event's key is made once, here, and remembered below.
@@ -347,7 +402,7 @@ impl Transform {
                             return true;
                         };
                         let key = event_key(&connection.id, &route.destination, message, id);
-                        if seen(&key, &in_round) {
+                        if seen(Tier::Event, &key, &in_round) {
                             return false;
                         }
                         event_keys.push(key);
@@ -365,16 +420,20 @@ impl Transform {
                     // that came with no events still goes: it may carry user attribute changes.)
                     if out.events.is_empty() && had_events {
                         per_route[r] = Some(Answer::Answered);
-                        keys_per_route[r] = (route.destination.clone(), Vec::new());
+                        keys_per_route[r] = (route.destination.clone(), RouteKeys::default());
                         continue;
                     }
                     counted(Events::Out, out.events.len());
                     events_out += out.events.len();
                     let trace = &traces[m].1;
-                    let mut all_keys = keys;
-                    all_keys.extend(event_keys);
-                    in_round.extend(all_keys.iter().copied());
-                    keys_per_route[r] = (route.destination.clone(), all_keys);
+                    in_round.extend(keys.iter().chain(&event_keys).copied());
+                    keys_per_route[r] = (
+                        route.destination.clone(),
+                        RouteKeys {
+                            batch: keys,
+                            events: event_keys,
+                        },
+                    );
                     by_destination
                         .entry(route.destination.clone())
                         .or_default()
@@ -458,6 +517,21 @@ impl Transform {
         }
         drop(heartbeat);
 
+        // What the destinations took is remembered (and written) first, before any settling:
+        // a crash sends again only what was answered in the moment before it.
+        let mut answered = RouteKeys::default();
+        for (per_route, keys) in answers.iter().zip(remember.iter_mut()) {
+            for (answer, (_, route_keys)) in per_route.iter().zip(keys.iter_mut()) {
+                if matches!(answer, Some(Answer::Answered)) {
+                    answered.extend(std::mem::take(route_keys));
+                }
+            }
+        }
+        inner.dedupe.insert_all(Tier::Batch, &answered.batch);
+        inner.dedupe.insert_all(Tier::Event, &answered.events);
+        // Remembered: a copy waiting on these keys now finds them in the window.
+        drop(reserved);
+
         // Settle each message; the done ones are deleted in one call.
         let mut done = Vec::with_capacity(work.len());
         for ((((message, _, routes), per_route), keys), (span, _)) in
@@ -466,12 +540,9 @@ impl Transform {
             let mut failed = Vec::new();
             let mut refused = Vec::new();
             let mut refused_routes = Vec::new();
-            for ((route, answer), (destination, route_keys)) in
-                routes.iter().zip(per_route).zip(keys)
-            {
+            for ((route, answer), (destination, _)) in routes.iter().zip(per_route).zip(keys) {
                 match answer {
-                    Some(Answer::Answered) => inner.dedupe.insert_all(&route_keys),
-                    Some(Answer::DeadLettered) => {}
+                    Some(Answer::Answered | Answer::DeadLettered) => {}
                     Some(Answer::Refused(e)) => {
                         refused.push(format!("{destination}: {e}"));
                         refused_routes.push(route.clone());
@@ -801,6 +872,49 @@ fn event_key(connection: &str, destination: &str, message: &Received, id: &str) 
         .map(String::as_str)
         .unwrap_or_default();
     Key::of(&[connection, destination, "e", source, id])
+}
+
+/// A round's claim on the batch keys it delivers, given back when dropped (a panicking round
+/// too, so no key stays claimed).
+struct Reservation<'a> {
+    in_flight: &'a Mutex<HashSet<Key>>,
+    keys: Vec<Key>,
+}
+
+impl Reservation<'_> {
+    /// Claims `keys` unless another round holds one of them.
+    fn take(&mut self, keys: &[Key]) -> bool {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if keys.iter().any(|k| in_flight.contains(k)) {
+            return false;
+        }
+        in_flight.extend(keys.iter().copied());
+        self.keys.extend_from_slice(keys);
+        true
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &self.keys {
+            in_flight.remove(key);
+        }
+    }
+}
+
+/// What marks one route of a message as delivered: its batch's keys and its events' keys.
+#[derive(Debug, Clone, Default)]
+struct RouteKeys {
+    batch: Vec<Key>,
+    events: Vec<Key>,
+}
+
+impl RouteKeys {
+    fn extend(&mut self, other: RouteKeys) {
+        self.batch.extend(other.batch);
+        self.events.extend(other.events);
+    }
 }
 
 /// Keeps a round's messages invisible while delivery works; stops when dropped.

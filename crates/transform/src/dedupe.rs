@@ -1,16 +1,37 @@
-//! Drops repeats inside a bounded window (a count and an age), so a redelivered message does
-//! not reach a destination twice in the normal case. Per process: with several transform
-//! replicas a repeat that lands on another one gets through, and delivery stays at-least-once.
+//! Drops repeats inside a window sized by time, which survives a restart, so a redelivered
+//! message (a crash, a stale receipt, a sender's retry) does not reach a destination twice.
+//!
+//! Two tiers, each remembered for the same `window` of time:
+//! - **batch keys** (the queue message, the sender's `source_request_id`, the S3 batch id): a
+//!   few per batch, so even at full speed the tier covers far more than the visibility timeout a
+//!   redelivery waits out (at 2M keys: ~110 s at 9,000 batches/s, the benchmark's full speed);
+//! - **event keys** (`source_message_id`): one per event, ten times as many, so the tier holds
+//!   fewer of them and at full speed covers less time; it catches single events re-sent in a
+//!   new batch, which is rarer.
+//!
+//! Each tier is a run of slices: the newest takes new keys, the others are sealed (sorted, 16
+//! bytes a key, searched by bisection). A slice goes whole when its newest key is past the
+//! window, or when the tier holds more than its cap (oldest first: memory stays bounded, and the
+//! window's real reach is published as `mpconnect_transform_dedupe_window_seconds`).
+//!
+//! With a directory, every key is also appended to its slice's file before the message it marks
+//! is acknowledged, and the files still inside the window are read back at start: a `kill -9`
+//! forgets nothing that was written (the page cache holds it; a power loss may lose the last
+//! writes, which then costs duplicates, never data). A slice's file goes with the slice.
+//!
+//! Per process: with several transform replicas a repeat that lands on another one gets
+//! through, and delivery stays at-least-once.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A repeat's identity: 128 bits of XXH3 over the key's parts. Fixed-size keys keep the window
-/// small (against ~180 bytes a key for the strings it replaced, which made most of
-/// `mpconnect all`'s memory at full speed) and cheap to look up; at 128 bits two different
-/// keys meeting inside one window is not a practical concern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// small and cheap to look up; at 128 bits two different keys meeting inside one window is not
+/// a practical concern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key([u64; 2]);
 
 impl Key {
@@ -24,139 +45,514 @@ impl Key {
         let h = hasher.digest128();
         Key([h as u64, (h >> 64) as u64])
     }
+
+    fn to_bytes(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.0[0].to_le_bytes());
+        out[8..].copy_from_slice(&self.0[1].to_le_bytes());
+        out
+    }
+
+    fn from_bytes(bytes: &[u8; 16]) -> Key {
+        let half = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+        Key([half(&bytes[..8]), half(&bytes[8..])])
+    }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DedupeSettings {
-    /// Most keys remembered (the oldest go first).
-    pub capacity: usize,
     /// How long a key is remembered.
-    pub ttl: Duration,
+    pub window: Duration,
+    /// Most batch keys held (16 bytes each, about 20 with the newest slice's hash table).
+    pub max_batch_keys: usize,
+    /// Most event keys held.
+    pub max_event_keys: usize,
+    /// Where the window is kept across restarts; `None`: in memory only.
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for DedupeSettings {
     fn default() -> Self {
         DedupeSettings {
-            capacity: 1_000_000,
-            ttl: Duration::from_secs(3600),
+            window: Duration::from_secs(600),
+            max_batch_keys: 2_000_000,
+            max_event_keys: 500_000,
+            dir: None,
         }
     }
 }
 
-/// Two generations of keys: new keys go into the current one; when it holds half the capacity
-/// or is half the age old, it becomes the previous one and the previous one is dropped whole;
-/// a generation whose newest key is past the age goes too. A key is so remembered for at least
-/// half the count and half the age, and never past the age, with no per-key timestamp or
-/// ordering queue: about 17 bytes a key, a third of an exact LRU's.
+/// Which tier a key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Batch,
+    Event,
+}
+
+impl Tier {
+    fn label(self) -> &'static str {
+        match self {
+            Tier::Batch => "batch",
+            Tier::Event => "event",
+        }
+    }
+}
+
+/// Slices per window: a key is remembered for the window, and at most an eighth longer.
+const SLICES: u64 = 8;
+/// A journal record: the time it was written (ms since the epoch) and the key.
+const RECORD: usize = 24;
+
 pub struct DedupeWindow {
-    settings: DedupeSettings,
-    state: Mutex<State>,
-}
-
-struct Generation {
-    keys: HashSet<Key>,
-    since: Instant,
-    newest: Instant,
-}
-
-impl Generation {
-    fn new() -> Self {
-        let now = Instant::now();
-        Generation {
-            keys: HashSet::new(),
-            since: now,
-            newest: now,
-        }
-    }
-}
-
-struct State {
-    current: Generation,
-    previous: Generation,
+    batches: Mutex<Slices>,
+    events: Mutex<Slices>,
 }
 
 impl DedupeWindow {
+    /// The window, with what its directory still holds inside the window read back. A
+    /// directory that cannot be used is logged and the window runs in memory: repeats after a
+    /// restart then get through, but nothing is held up.
     pub fn new(settings: DedupeSettings) -> Self {
+        let now = runtime::now_ms().max(0) as u64;
+        let window_ms = (settings.window.as_millis() as u64).max(SLICES);
+        let open = |tier: Tier, cap: usize| {
+            let dir = settings.dir.as_ref().map(|d| d.join(tier.label()));
+            let slices = Slices::open(tier, cap.max(SLICES as usize), window_ms, dir, now);
+            Mutex::new(slices)
+        };
         DedupeWindow {
-            settings,
-            state: Mutex::new(State {
-                current: Generation::new(),
-                previous: Generation::new(),
-            }),
+            batches: open(Tier::Batch, settings.max_batch_keys),
+            events: open(Tier::Event, settings.max_event_keys),
         }
     }
 
-    pub fn contains(&self, key: &Key) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.expire(&mut state);
-        state.current.keys.contains(key) || state.previous.keys.contains(key)
+    fn tier(&self, tier: Tier) -> std::sync::MutexGuard<'_, Slices> {
+        match tier {
+            Tier::Batch => &self.batches,
+            Tier::Event => &self.events,
+        }
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn insert_all<'a>(&self, keys: impl IntoIterator<Item = &'a Key>) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.expire(&mut state);
-        let half_count = (self.settings.capacity / 2).max(1);
-        for &key in keys {
-            if state.current.keys.len() >= half_count {
-                state.previous = std::mem::replace(&mut state.current, Generation::new());
+    pub fn contains(&self, tier: Tier, key: &Key) -> bool {
+        self.tier(tier).contains(key)
+    }
+
+    /// Remembers `keys` (and, with a directory, writes them) before the caller acknowledges
+    /// what they mark.
+    pub fn insert_all<'a>(&self, tier: Tier, keys: impl IntoIterator<Item = &'a Key>) {
+        let now = runtime::now_ms().max(0) as u64;
+        self.tier(tier).insert_all(keys, now);
+    }
+
+    pub fn len(&self, tier: Tier) -> usize {
+        let now = runtime::now_ms().max(0) as u64;
+        let mut slices = self.tier(tier);
+        slices.expire(now);
+        slices.total
+    }
+
+    /// How far back the tier remembers, oldest key to now.
+    pub fn reach(&self, tier: Tier) -> Duration {
+        let now = runtime::now_ms().max(0) as u64;
+        let mut slices = self.tier(tier);
+        slices.expire(now);
+        Duration::from_millis(slices.reach(now))
+    }
+}
+
+struct Slice {
+    /// The newest slice's keys, as they come; sorted once it is sealed.
+    open: HashSet<Key>,
+    sealed: Vec<Key>,
+    oldest_ms: u64,
+    newest_ms: u64,
+    seq: u64,
+}
+
+impl Slice {
+    fn new(seq: u64, now: u64) -> Self {
+        Slice {
+            open: HashSet::new(),
+            sealed: Vec::new(),
+            oldest_ms: now,
+            newest_ms: now,
+            seq,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.open.len() + self.sealed.len()
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.open.contains(key) || self.sealed.binary_search(key).is_ok()
+    }
+
+    fn seal(&mut self) {
+        self.sealed.extend(self.open.drain());
+        self.sealed.sort_unstable();
+        self.sealed.dedup();
+        self.open = HashSet::new();
+    }
+}
+
+struct Slices {
+    tier: Tier,
+    /// Oldest first; the last one takes new keys.
+    slices: VecDeque<Slice>,
+    total: usize,
+    cap: usize,
+    window_ms: u64,
+    journal: Option<Journal>,
+    /// When the cap last cut the window short (ms), so the warning is not repeated every slice.
+    warned_ms: u64,
+}
+
+struct Journal {
+    dir: PathBuf,
+    /// The newest slice's file, opened for appending.
+    file: Option<std::fs::File>,
+}
+
+impl Journal {
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.keys"))
+    }
+}
+
+impl Slices {
+    fn open(tier: Tier, cap: usize, window_ms: u64, dir: Option<PathBuf>, now: u64) -> Self {
+        let mut slices = Slices {
+            tier,
+            slices: VecDeque::new(),
+            total: 0,
+            cap,
+            window_ms,
+            journal: None,
+            warned_ms: 0,
+        };
+        let mut next_seq = 0;
+        if let Some(dir) = dir {
+            match read_journal(&dir, now.saturating_sub(window_ms)) {
+                Ok(found) => {
+                    for slice in found {
+                        next_seq = slice.seq + 1;
+                        slices.total += slice.len();
+                        slices.slices.push_back(slice);
+                    }
+                    slices.journal = Some(Journal { dir, file: None });
+                }
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(), error = %e,
+                    "cannot read the dedupe window's directory; the window is kept in memory only"
+                ),
             }
-            state.current.keys.insert(key);
-            state.current.newest = Instant::now();
+        }
+        if slices.total > 0 {
+            tracing::info!(
+                tier = tier.label(),
+                keys = slices.total,
+                "dedupe window read back from disk"
+            );
+        }
+        slices.start_slice(next_seq, now);
+        slices.expire(now);
+        slices
+    }
+
+    fn slice_keys(&self) -> usize {
+        (self.cap / SLICES as usize).max(1)
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        // Newest first: a repeat is most often of something recent.
+        self.slices.iter().rev().any(|s| s.contains(key))
+    }
+
+    fn insert_all<'a>(&mut self, keys: impl IntoIterator<Item = &'a Key>, now: u64) {
+        self.expire(now);
+        let mut record = Vec::new();
+        for &key in keys {
+            if self
+                .slices
+                .back()
+                .is_some_and(|s| s.len() >= self.slice_keys())
+            {
+                self.write(&record);
+                record.clear();
+                let seq = self.slices.back().map_or(0, |s| s.seq + 1);
+                self.start_slice(seq, now);
+                self.expire(now);
+            }
+            let Some(newest) = self.slices.back_mut() else {
+                continue;
+            };
+            if newest.len() == 0 {
+                newest.oldest_ms = now;
+            }
+            if newest.open.insert(key) {
+                newest.newest_ms = now;
+                self.total += 1;
+                if self.journal.is_some() {
+                    record.extend_from_slice(&now.to_le_bytes());
+                    record.extend_from_slice(&key.to_bytes());
+                }
+            }
+        }
+        self.write(&record);
+        self.publish(now);
+    }
+
+    /// Appends to the newest slice's file: one write per call, before the caller acks.
+    fn write(&mut self, record: &[u8]) {
+        if record.is_empty() {
+            return;
+        }
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        let Some(file) = &mut journal.file else {
+            return;
+        };
+        if let Err(e) = file.write_all(record) {
+            tracing::warn!(error = %e, tier = self.tier.label(), "cannot write the dedupe window; a restart may repeat these batches");
+            metrics::counter!("mpconnect_transform_dedupe_write_errors_total").increment(1);
         }
     }
 
-    /// Drops generations past the age, and starts a new one when the current is half of it.
-    fn expire(&self, state: &mut State) {
-        let ttl = self.settings.ttl;
-        if state.previous.newest.elapsed() >= ttl && !state.previous.keys.is_empty() {
-            state.previous = Generation::new();
+    /// Seals the newest slice and starts another (with its file).
+    fn start_slice(&mut self, seq: u64, now: u64) {
+        if let Some(newest) = self.slices.back_mut() {
+            newest.seal();
         }
-        if state.current.newest.elapsed() >= ttl && !state.current.keys.is_empty() {
-            state.current = Generation::new();
-        }
-        if state.current.since.elapsed() >= ttl / 2 {
-            state.previous = std::mem::replace(&mut state.current, Generation::new());
+        self.slices.push_back(Slice::new(seq, now));
+        if let Some(journal) = &mut self.journal {
+            let path = journal.path(seq);
+            journal.file = match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+            {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot open a dedupe window file; this slice is kept in memory only");
+                    None
+                }
+            };
         }
     }
 
-    pub fn len(&self) -> usize {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.expire(&mut state);
-        state.current.keys.len() + state.previous.keys.len()
+    /// Drops slices past the window, the oldest while over the cap, and starts a new slice
+    /// when the newest has been open an eighth of the window.
+    fn expire(&mut self, now: u64) {
+        let slice_ms = self.window_ms / SLICES;
+        if self
+            .slices
+            .back()
+            .is_some_and(|s| s.len() > 0 && now.saturating_sub(s.oldest_ms) >= slice_ms)
+        {
+            let seq = self.slices.back().map_or(0, |s| s.seq + 1);
+            self.start_slice(seq, now);
+        }
+        while self.slices.len() > 1 {
+            let Some(oldest) = self.slices.front() else {
+                break;
+            };
+            let past_window = now.saturating_sub(oldest.newest_ms) >= self.window_ms;
+            let over_cap = self.total > self.cap;
+            if !past_window && !over_cap {
+                break;
+            }
+            if over_cap && !past_window && now.saturating_sub(self.warned_ms) >= 60_000 {
+                self.warned_ms = now;
+                tracing::warn!(
+                    tier = self.tier.label(),
+                    keys = self.cap,
+                    reach_secs = now.saturating_sub(oldest.newest_ms) / 1000,
+                    window_secs = self.window_ms / 1000,
+                    "the dedupe window is full before its time: it covers less than its window; raise its key cap (memory) or shorten the window"
+                );
+            }
+            self.drop_oldest();
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn drop_oldest(&mut self) {
+        let Some(oldest) = self.slices.pop_front() else {
+            return;
+        };
+        self.total -= oldest.len();
+        if let Some(journal) = &self.journal {
+            let path = journal.path(oldest.seq);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an expired dedupe window file");
+            }
+        }
     }
+
+    fn reach(&self, now: u64) -> u64 {
+        self.slices
+            .iter()
+            .find(|s| s.len() > 0)
+            .map_or(0, |s| now.saturating_sub(s.oldest_ms))
+    }
+
+    fn publish(&self, now: u64) {
+        let tier = self.tier.label();
+        metrics::gauge!("mpconnect_transform_dedupe_keys", "tier" => tier).set(self.total as f64);
+        metrics::gauge!("mpconnect_transform_dedupe_window_seconds", "tier" => tier)
+            .set(self.reach(now) as f64 / 1000.0);
+    }
+}
+
+/// The slices a directory holds, oldest first, without keys written before `since` (ms). A
+/// file's torn last record (a crash mid-write) is left out; empty and expired files are
+/// removed.
+fn read_journal(dir: &Path, since: u64) -> std::io::Result<Vec<Slice>> {
+    std::fs::create_dir_all(dir)?;
+    let mut files: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".keys"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            files.push((seq, path));
+        }
+    }
+    files.sort_unstable();
+    let mut slices = Vec::new();
+    for (seq, path) in files {
+        let bytes = std::fs::read(&path)?;
+        let mut slice = Slice::new(seq, 0);
+        slice.oldest_ms = u64::MAX;
+        for record in bytes.chunks_exact(RECORD) {
+            let (at, key) = record.split_at(8);
+            let at = u64::from_le_bytes(at.try_into().unwrap_or([0; 8]));
+            let Ok(key) = <&[u8; 16]>::try_from(key) else {
+                continue;
+            };
+            if at < since {
+                continue;
+            }
+            slice.sealed.push(Key::from_bytes(key));
+            slice.oldest_ms = slice.oldest_ms.min(at);
+            slice.newest_ms = slice.newest_ms.max(at);
+        }
+        if slice.sealed.is_empty() {
+            std::fs::remove_file(&path)?;
+            continue;
+        }
+        slice.sealed.sort_unstable();
+        slice.sealed.dedup();
+        slices.push(slice);
+    }
+    Ok(slices)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn keys(range: std::ops::Range<u32>) -> Vec<Key> {
+        range.map(|i| Key::of(&[&i.to_string()])).collect()
+    }
+
     #[test]
-    fn remembers_within_count_and_age() {
-        let w = DedupeWindow::new(DedupeSettings {
-            capacity: 4,
-            ttl: Duration::from_millis(400),
-        });
-        let keys: Vec<Key> = (0..8).map(|i| Key::of(&[&i.to_string()])).collect();
-        w.insert_all(&keys[..2]);
-        assert!(w.contains(&keys[0]) && w.contains(&keys[1]));
-        // The next two start a generation; the first two are still remembered.
-        w.insert_all(&keys[2..4]);
-        assert!(keys[..4].iter().all(|k| w.contains(k)));
-        // Two more generations: the first two are past the count.
-        w.insert_all(&keys[4..6]);
-        assert!(!w.contains(&keys[0]), "over the count, the oldest go");
-        assert!(keys[2..6].iter().all(|k| w.contains(k)));
-        assert!(w.len() <= 4);
-        // Past the age, everything goes.
-        std::thread::sleep(Duration::from_millis(450));
-        assert!(!w.contains(&keys[5]), "too old");
-        assert!(w.is_empty());
-        w.insert_all(&keys[6..7]);
-        assert_eq!(w.len(), 1);
+    fn remembers_within_the_cap_and_drops_the_oldest_past_it() {
+        let mut s = Slices::open(Tier::Batch, 16, 3_600_000, None, 1_000);
+        let all = keys(0..40);
+        // Slices of 2 keys: the first ones go once more than 16 are held.
+        for chunk in all.chunks(2) {
+            s.insert_all(chunk, 1_000);
+        }
+        assert!(s.total <= 16 + 2, "held {}", s.total);
+        assert!(!s.contains(&all[0]), "over the cap, the oldest go");
+        assert!(all[30..].iter().all(|k| s.contains(k)));
+    }
+
+    #[test]
+    fn forgets_what_is_past_the_window() {
+        let mut s = Slices::open(Tier::Event, 1_000, 8_000, None, 0);
+        let all = keys(0..4);
+        s.insert_all(&all[..2], 1_000);
+        s.insert_all(&all[2..], 5_000);
+        s.expire(8_500);
+        assert!(all.iter().all(|k| s.contains(k)), "still inside the window");
+        s.expire(9_500);
+        assert!(!s.contains(&all[0]), "the first slice is past the window");
+        assert!(s.contains(&all[3]));
+        s.expire(14_000);
+        assert!(!s.contains(&all[3]));
+        assert_eq!(s.total, 0);
+    }
+
+    #[test]
+    fn survives_a_restart_and_leaves_out_what_expired_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = keys(0..10);
+        {
+            let mut s = Slices::open(Tier::Batch, 1_000, 60_000, Some(dir.path().into()), 1_000);
+            s.insert_all(&all[..5], 1_000);
+            s.expire(9_000); // a new slice for the next keys
+            s.insert_all(&all[5..], 9_000);
+            // Dropped without any shutdown: what was written is what a kill -9 leaves.
+        }
+        let s = Slices::open(Tier::Batch, 1_000, 60_000, Some(dir.path().into()), 20_000);
+        assert!(all.iter().all(|k| s.contains(k)), "every key read back");
+        assert!(!s.contains(&Key::of(&["never"])));
+        let later = Slices::open(Tier::Batch, 1_000, 60_000, Some(dir.path().into()), 62_000);
+        assert!(
+            !later.contains(&all[0]),
+            "written at 1 s: past the window at 62 s"
+        );
+        assert!(later.contains(&all[9]));
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(
+            files <= 3,
+            "the expired slice's file is gone ({files} files)"
+        );
+    }
+
+    #[test]
+    fn a_torn_last_record_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = keys(0..3);
+        {
+            let mut s = Slices::open(Tier::Batch, 1_000, 60_000, Some(dir.path().into()), 0);
+            s.insert_all(&all, 1_000);
+        }
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+            .unwrap();
+        let len = std::fs::metadata(&file).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let s = Slices::open(Tier::Batch, 1_000, 60_000, Some(dir.path().into()), 2_000);
+        assert_eq!(s.total, 2);
+    }
+
+    #[test]
+    fn dropped_slices_take_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Slices::open(Tier::Batch, 16, 3_600_000, Some(dir.path().into()), 0);
+        for chunk in keys(0..200).chunks(2) {
+            s.insert_all(chunk, 1_000);
+        }
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(files <= 10, "{files} files for at most 9 slices");
     }
 
     #[test]

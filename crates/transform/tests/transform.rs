@@ -904,3 +904,140 @@ async fn shutdown_finishes_the_messages_in_hand() {
     assert_eq!((depth.visible, depth.in_flight), (0, 0));
     peer.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Repeats across a restart, copies in flight at once, stuck pollers.
+
+fn in_process(recorder: &Recorder) -> mpconnect_transform::DeliveryClient {
+    mpconnect_transform::DeliveryClient::in_process(
+        Arc::new(recorder.clone()),
+        Duration::from_secs(10),
+    )
+}
+
+/// A sender's re-send after a crash (the same `source_request_id`, a new queue message) is not
+/// delivered again by the transform that starts next: the window is read back from its
+/// directory. In memory only, the second process would send it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedupe_window_survives_a_restart() {
+    let q = embedded();
+    let window = tempfile::tempdir().unwrap();
+    let recorder = Recorder::default();
+    let start = || {
+        let mut s = settings(vec![connection("c", "web", &["dest"], Rules::default())]);
+        s.dedupe.dir = Some(window.path().to_owned());
+        Transform::new(s, q.queue.clone(), None, in_process(&recorder)).unwrap()
+    };
+    let first = run(start());
+    q.queue
+        .send(vec![message("web", &mixed("before-the-crash"))])
+        .await
+        .unwrap();
+    recorder.wait_for("dest", 1, Duration::from_secs(10)).await;
+    first.stop().await;
+
+    let second = start();
+    let running = run(second.clone());
+    q.queue
+        .send(vec![message("web", &mixed("before-the-crash"))])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while second
+        .stats()
+        .acked
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the re-send was never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+    assert_eq!(
+        recorder.request_ids("dest"),
+        vec!["before-the-crash".to_owned()],
+        "delivered once across the restart"
+    );
+}
+
+/// Two copies of one batch taken by two pollers at once (a re-send queued beside the first):
+/// the second waits for the first's outcome instead of going out beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_in_flight_at_once_are_delivered_once() {
+    let q = embedded();
+    let recorder = Recorder::default();
+    // Delivery is slow, so both copies are surely in flight together.
+    *recorder.on_call.lock().unwrap() = Some(Box::new(|| {
+        std::thread::sleep(Duration::from_millis(500));
+    }));
+    let mut s = settings(vec![connection("c", "web", &["dest"], Rules::default())]);
+    s.pollers = 2;
+    s.receive.max_messages = 1;
+    let transform = Transform::new(s, q.queue.clone(), None, in_process(&recorder)).unwrap();
+    q.queue
+        .send(vec![
+            message("web", &mixed("twice-queued")),
+            message("web", &mixed("twice-queued")),
+        ])
+        .await
+        .unwrap();
+    let running = run(transform.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while transform
+        .stats()
+        .acked
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both copies were not settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+    assert_eq!(recorder.request_ids("dest").len(), 1, "delivered once");
+}
+
+/// A poller stuck in a round past `stalled_after` makes the transform unhealthy (its
+/// `/healthz` answers 503), and healthy again once it comes round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_poller_makes_the_transform_unhealthy() {
+    let q = embedded();
+    let recorder = Recorder::default();
+    *recorder.on_call.lock().unwrap() = Some(Box::new(|| {
+        std::thread::sleep(Duration::from_secs(3));
+    }));
+    let mut s = settings(vec![connection("c", "web", &["dest"], Rules::default())]);
+    s.pollers = 1;
+    s.stalled_after = Duration::from_secs(1);
+    let transform = Transform::new(s, q.queue.clone(), None, in_process(&recorder)).unwrap();
+    let running = run(transform.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(transform.stalled(), None, "an idle poller comes round");
+    q.queue
+        .send(vec![message("web", &mixed("slow"))])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while transform.stalled().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a poller stuck for 1 s was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while transform.stalled().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still unhealthy after the poller came round"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(recorder.request_ids("dest").len(), 1);
+    running.stop().await;
+}

@@ -3,6 +3,7 @@
 //! deliver to a counting mParticle-compatible receiver, and measures in the same run the floor:
 //! `serde_json::Value` parse + serialise of the same bodies on one core. Figures, not asserts.
 
+pub mod faults;
 mod load;
 mod otlp_sink;
 mod payload;
@@ -134,12 +135,19 @@ async fn pass(
         Some(endpoint) => Some(split_setup(endpoint, &delivery_addr, args.sqs_pollers).await?),
         None => None,
     };
+    let extra = match &args.extra_config {
+        Some(path) => std::fs::read_to_string(path)?,
+        None => String::new(),
+    };
     let config = bench_config(
         dir.path(),
-        &ingest_addr,
-        &delivery_addr,
-        &receiver_addr.to_string(),
-        args,
+        &Ports {
+            ingest: ingest_addr.clone(),
+            delivery: delivery_addr.clone(),
+            receiver: receiver_addr.to_string(),
+        },
+        "",
+        &extra,
         split.as_ref(),
     )?;
     let targets: &[&str] = match split {
@@ -439,16 +447,28 @@ fn free_port() -> anyhow::Result<String> {
     Ok(listener.local_addr()?.to_string())
 }
 
+/// Where mpconnect listens, and the receiver it delivers to.
+struct Ports {
+    ingest: String,
+    delivery: String,
+    receiver: String,
+}
+
 /// The benchmark's configuration: one HTTP source, one `mparticle` destination without a rate
-/// limit at the receiver; `split` adds the distributed variant's queues, bucket and ports.
+/// limit at the receiver (`destination_extra` is added to its table, `extra` at the end);
+/// `split` adds the distributed variant's queues, bucket and ports.
 fn bench_config(
     dir: &Path,
-    ingest: &str,
-    delivery: &str,
-    receiver: &str,
-    args: &Args,
+    ports: &Ports,
+    destination_extra: &str,
+    extra: &str,
     split: Option<&Split>,
 ) -> anyhow::Result<String> {
+    let Ports {
+        ingest,
+        delivery,
+        receiver,
+    } = ports;
     let (retry_queue, split) = match split {
         Some(split) => (
             format!("retry_queue = \"{}\"", split.retry_queue),
@@ -482,6 +502,7 @@ api_key = "bench-mp-key"
 api_secret = "bench-mp-secret"
 rate_limit = 0
 {retry_queue}
+{destination_extra}
 
 [[connections]]
 id = "bench"
@@ -492,10 +513,8 @@ destinations = ["mp"]
         transform_admin = free_port()?,
         delivery_admin = free_port()?,
     );
-    if let Some(extra) = &args.extra_config {
-        config.push('\n');
-        config.push_str(&std::fs::read_to_string(extra)?);
-    }
+    config.push('\n');
+    config.push_str(extra);
     Ok(config)
 }
 

@@ -2,12 +2,13 @@
 //! with HTTP Basic, answered 202 as mParticle does. It parses every body, checks mParticle's
 //! request limits (≤ 100 batches, ≤ 256 KB), counts batches and events, and counts a
 //! `source_request_id` seen before as a duplicate. Anything malformed is answered 400 and
-//! counted, so a broken encoder shows in the figures.
+//! counted, so a broken encoder shows in the figures. For the fault suite it can also answer
+//! like an mParticle that is unwell (see [`Fault`]), and it knows when each batch first came.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -27,15 +28,43 @@ pub struct Counts {
     pub malformed: AtomicU64,
     pub over_limits: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// Requests answered with a fault (nothing of them counted as received).
+    pub faulted: AtomicU64,
     /// Nanoseconds since `started` of the last delivered request.
     pub last_ns: AtomicU64,
+}
+
+/// How the receiver misbehaves, on every other request (all of them when down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// 503 to everything.
+    Down,
+    /// 429, with `Retry-After: 1` or without.
+    Throttled {
+        retry_after: bool,
+    },
+    /// 500, 502 and 503 in turn.
+    ServerErrors,
+    /// No answer for this long, then a 503 (the client has given up by then).
+    Hang(Duration),
+}
+
+/// What came of one `source_request_id`: how many times, and when first (ns since `started`).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrivals {
+    pub times: u32,
+    pub first_ns: u64,
+    pub last_ns: u64,
 }
 
 pub struct Receiver {
     pub counts: Counts,
     pub started: Instant,
     authorization: String,
-    seen: Mutex<HashSet<Box<str>>>,
+    seen: Mutex<HashMap<Box<str>, Arrivals>>,
+    fault: Mutex<Fault>,
+    turn: AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -53,7 +82,18 @@ impl Receiver {
             started,
             authorization,
             seen: Mutex::default(),
+            fault: Mutex::new(Fault::None),
+            turn: AtomicU64::new(0),
         })
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+    }
+
+    /// The arrivals of each batch id, as they stand.
+    pub fn arrivals(&self) -> HashMap<Box<str>, Arrivals> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -72,7 +112,7 @@ async fn receive(
     State(receiver): State<Arc<Receiver>>,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, &'static str) {
+) -> (StatusCode, HeaderMap, &'static str) {
     let counts = &receiver.counts;
     if headers.get("authorization").and_then(|v| v.to_str().ok())
         != Some(receiver.authorization.as_str())
@@ -80,8 +120,17 @@ async fn receive(
         counts.unauthorized.fetch_add(1, Ordering::Relaxed);
         return (
             StatusCode::UNAUTHORIZED,
+            HeaderMap::new(),
             r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
         );
+    }
+    let fault = *receiver.fault.lock().unwrap_or_else(|p| p.into_inner());
+    if fault != Fault::None {
+        let turn = receiver.turn.fetch_add(1, Ordering::Relaxed);
+        if fault == Fault::Down || turn % 2 == 0 {
+            counts.faulted.fetch_add(1, Ordering::Relaxed);
+            return fault_answer(fault, turn).await;
+        }
     }
     let batches: Vec<Batch> = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -89,6 +138,7 @@ async fn receive(
             counts.malformed.fetch_add(1, Ordering::Relaxed);
             return (
                 StatusCode::BAD_REQUEST,
+                HeaderMap::new(),
                 r#"{"errors":[{"code":"BAD_REQUEST"}]}"#,
             );
         }
@@ -99,24 +149,33 @@ async fn receive(
         counts.over_limits.fetch_add(1, Ordering::Relaxed);
         return (
             StatusCode::PAYLOAD_TOO_LARGE,
+            HeaderMap::new(),
             r#"{"errors":[{"code":"TOO_LARGE"}]}"#,
         );
     }
     let mut events = 0u64;
     let (mut dup_batches, mut dup_events) = (0u64, 0u64);
+    let now = receiver.started.elapsed().as_nanos() as u64;
     {
         let mut seen = receiver.seen.lock().unwrap_or_else(|p| p.into_inner());
         for batch in &batches {
             events += batch.events.len() as u64;
-            if let Some(id) = &batch.source_request_id
-                && !seen.insert(id.as_ref().into())
-            {
+            let Some(id) = &batch.source_request_id else {
+                continue;
+            };
+            let arrivals = seen.entry(id.as_ref().into()).or_insert(Arrivals {
+                times: 0,
+                first_ns: now,
+                last_ns: now,
+            });
+            arrivals.times += 1;
+            arrivals.last_ns = now;
+            if arrivals.times > 1 {
                 dup_batches += 1;
                 dup_events += batch.events.len() as u64;
             }
         }
     }
-    let now = receiver.started.elapsed().as_nanos() as u64;
     counts.last_ns.fetch_max(now, Ordering::Relaxed);
     counts.requests.fetch_add(1, Ordering::Relaxed);
     counts
@@ -129,5 +188,30 @@ async fn receive(
     counts
         .duplicate_events
         .fetch_add(dup_events, Ordering::Relaxed);
-    (StatusCode::ACCEPTED, "")
+    (StatusCode::ACCEPTED, HeaderMap::new(), "")
+}
+
+/// mParticle's answers when it is unwell.
+async fn fault_answer(fault: Fault, turn: u64) -> (StatusCode, HeaderMap, &'static str) {
+    let mut headers = HeaderMap::new();
+    let status = match fault {
+        Fault::None => StatusCode::ACCEPTED,
+        Fault::Down => StatusCode::SERVICE_UNAVAILABLE,
+        Fault::Throttled { retry_after } => {
+            if retry_after {
+                headers.insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            }
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        Fault::ServerErrors => [
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::BAD_GATEWAY,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ][(turn / 2 % 3) as usize],
+        Fault::Hang(how_long) => {
+            tokio::time::sleep(how_long).await;
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    (status, headers, r#"{"errors":[{"code":"UNAVAILABLE"}]}"#)
 }

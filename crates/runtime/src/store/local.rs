@@ -93,7 +93,13 @@ impl ObjectStore for LocalStore {
                 .map_err(|e| io_error(prefix, e))?
             {
                 let path = entry.path();
-                let meta = entry.metadata().await.map_err(|e| io_error(prefix, e))?;
+                let meta = match entry.metadata().await {
+                    Ok(meta) => meta,
+                    // Gone since the directory was read: a write's temporary file renamed into
+                    // place, or an object deleted. The listing goes on without it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_error(prefix, e)),
+                };
                 if meta.is_dir() {
                     dirs.push(path);
                     continue;
