@@ -5,20 +5,9 @@
 use std::time::Duration;
 
 use prost::Message as _;
-use runtime::queue::attr as queue_attr;
+use runtime::envelope::{attr, content_type};
 use runtime::{Message, Received};
 use schema::v1::RoutedBatch;
-
-/// Queue attributes of a parked batch.
-pub mod attr {
-    /// When delivery first tried it (ms since the epoch): the retry window runs from here.
-    pub const FIRST_ATTEMPT_AT: &str = "mp-first-attempt-at";
-    /// Attempts made before it was parked (receives of the retry queue add to it).
-    pub const ATTEMPTS: &str = "mp-attempts";
-    pub const DESTINATION: &str = "mp-destination";
-}
-
-pub const PARKED_CONTENT_TYPE: &str = "application/x-protobuf; type=mpconnect.v1.RoutedBatch";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
@@ -70,12 +59,12 @@ pub fn parked_message(
     delay: Duration,
 ) -> Message {
     let mut message = Message::new(batch.encode_to_vec())
-        .with_attribute(queue_attr::CONTENT_TYPE, PARKED_CONTENT_TYPE)
+        .with_attribute(attr::CONTENT_TYPE, content_type::ROUTED_BATCH)
         .with_attribute(attr::DESTINATION, destination)
         .with_attribute(attr::FIRST_ATTEMPT_AT, first_attempt_ms.to_string())
         .with_attribute(attr::ATTEMPTS, attempts.to_string());
     if !batch.traceparent.is_empty() {
-        message = message.with_attribute(queue_attr::TRACEPARENT, batch.traceparent.clone());
+        message = message.with_attribute(attr::TRACEPARENT, batch.traceparent.clone());
     }
     message.delay = delay;
     message
@@ -140,7 +129,7 @@ mod tests {
         assert!(parked_from(&received(Vec::new())).is_err());
         let mut gone = received(Vec::new());
         gone.attributes
-            .insert(queue_attr::CLAIM_CHECK.into(), "claims/gone".into());
+            .insert(attr::CLAIM_CHECK.into(), "claims/gone".into());
         let why = parked_from(&gone).err().unwrap();
         assert!(why.contains("claims/gone is missing"), "{why}");
     }

@@ -151,7 +151,7 @@ impl DeliveryService for Delivery {
         let caller = TraceContext::continue_from(header("traceparent"), header("tracestate"));
         let request = request.into_inner();
         let span = runtime::pipeline_span!(
-            "mpconnect.v1.DeliveryService/Deliver",
+            runtime::envelope::DELIVER_RPC,
             otel.kind = "server",
             mpconnect.stage = "delivery",
             rpc.system = "grpc",

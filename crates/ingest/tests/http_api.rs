@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use ingest::IngestSettings;
-use ingest::http::attr;
 use mpconnect_ingest as ingest;
-use runtime::queue::attr as queue_attr;
+use runtime::envelope::attr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn python() -> String {
@@ -120,12 +119,12 @@ async fn bare_paths_and_queue_attributes() {
     let got = drain(&server.queue).await;
     assert_eq!(got.len(), 1);
     let a = &got[0].attributes;
-    assert_eq!(a[queue_attr::SOURCE], "web");
-    assert_eq!(a[queue_attr::TRACEPARENT], traceparent);
-    assert_eq!(a[queue_attr::TRACESTATE], "vendor=x");
+    assert_eq!(a[attr::SOURCE], "web");
+    assert_eq!(a[attr::TRACEPARENT], traceparent);
+    assert_eq!(a[attr::TRACESTATE], "vendor=x");
     assert_eq!(
-        a[queue_attr::CONTENT_TYPE],
-        ingest::http::BATCH_CONTENT_TYPE
+        a[attr::CONTENT_TYPE],
+        runtime::envelope::content_type::BATCH
     );
     assert_eq!(a[attr::ENDPOINT], "events");
     let received_at: i64 = a[attr::RECEIVED_AT].parse().unwrap();
@@ -137,8 +136,8 @@ async fn bare_paths_and_queue_attributes() {
     let got = drain(&server.queue).await;
     assert_eq!(got.len(), 2);
     assert_ne!(
-        got[0].attributes[queue_attr::TRACEPARENT][3..35],
-        got[1].attributes[queue_attr::TRACEPARENT][3..35]
+        got[0].attributes[attr::TRACEPARENT][3..35],
+        got[1].attributes[attr::TRACEPARENT][3..35]
     );
     server.stop().await;
 }

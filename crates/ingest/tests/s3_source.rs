@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use common::decode;
-use ingest::s3::{S3Source, S3SourceSettings, backfill, s3_attr};
+use ingest::s3::{S3Source, S3SourceSettings, backfill};
 use mpconnect_ingest as ingest;
+use runtime::envelope::attr;
 use runtime::queue::{EmbeddedSync, SqsQueue, SqsSettings, embedded_stage_queue, local_data};
 use runtime::{AnyQueue, Queue, ReceiveOptions, Received, StageQueue};
 
@@ -182,24 +183,21 @@ async fn plain_and_gzip_files_in_every_layout_arrive_line_for_line() {
     let got = collect(&p.queue, 40, Duration::from_secs(60)).await;
     assert_eq!(got.len(), 40);
     for (message, batch) in got.iter().zip(decode(&got)) {
-        let object = message.attributes[s3_attr::OBJECT].clone();
-        let line: u64 = message.attributes[s3_attr::LINE].parse().unwrap();
+        let object = message.attributes[attr::S3_OBJECT].clone();
+        let line: u64 = message.attributes[attr::S3_LINE].parse().unwrap();
         let original = &sent[&(object.clone(), line)];
         assert_eq!(
             batch,
             schema::parse_batch(original.as_bytes()).unwrap(),
             "{object} line {line}"
         );
-        assert_eq!(
-            message.attributes[runtime::queue::attr::SOURCE],
-            "mparticle-s3"
-        );
-        assert_eq!(message.attributes[s3_attr::BATCH_ID].len(), 32);
+        assert_eq!(message.attributes[attr::SOURCE], "mparticle-s3");
+        assert_eq!(message.attributes[attr::BATCH_ID].len(), 32);
     }
     // One trace per object.
     let traces: BTreeMap<String, std::collections::BTreeSet<String>> =
         got.iter().fold(BTreeMap::new(), |mut acc, m| {
-            acc.entry(m.attributes[s3_attr::OBJECT].clone())
+            acc.entry(m.attributes[attr::S3_OBJECT].clone())
                 .or_default()
                 .insert(m.attributes["traceparent"][3..35].to_owned());
             acc
@@ -297,15 +295,15 @@ async fn one_malformed_line_costs_only_itself() {
     let got = collect(&p.queue, 4, Duration::from_secs(30)).await;
     let mut good: Vec<u64> = got
         .iter()
-        .map(|m| m.attributes[s3_attr::LINE].parse().unwrap())
+        .map(|m| m.attributes[attr::S3_LINE].parse().unwrap())
         .collect();
     good.sort();
     assert_eq!(good, [1, 2, 4, 5]);
     let dead = collect(&p.dead_letter, 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].attributes[s3_attr::LINE], "3");
+    assert_eq!(dead[0].attributes[attr::S3_LINE], "3");
     assert_eq!(
-        dead[0].attributes[s3_attr::OBJECT],
+        dead[0].attributes[attr::S3_OBJECT],
         format!("s3://{bucket}/App_20261129120000123456_11111.txt")
     );
     assert!(
@@ -414,9 +412,9 @@ async fn a_consumer_killed_mid_object_loses_no_line() {
     let mut by_line: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for message in &got {
         by_line
-            .entry(message.attributes[s3_attr::LINE].parse().unwrap())
+            .entry(message.attributes[attr::S3_LINE].parse().unwrap())
             .or_default()
-            .push(message.attributes[s3_attr::BATCH_ID].clone());
+            .push(message.attributes[attr::BATCH_ID].clone());
     }
     assert_eq!(by_line.len(), 300, "every line arrived");
     assert!(

@@ -19,10 +19,12 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// One line per dead letter: id, when, attempts, the destination's last answer.
+    /// One line per dead letter: id, when, attempts, the destination's last answer. Without
+    /// --destination: every destination's, and how many messages the ingest dead-letter queue
+    /// holds.
     List {
         #[arg(long)]
-        destination: String,
+        destination: Option<String>,
     },
     /// One dead letter in full, its batch as mParticle JSON.
     Show {
@@ -59,19 +61,39 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let letters = shared.dead_letters();
     match args.command {
         Command::List { destination } => {
-            let scan = letters.scan(&destination).await?;
-            for l in &scan.letters {
-                println!(
-                    "{}  attempts {:>3}  status {:>3}  {}",
-                    l.id,
-                    l.attempts,
-                    l.status.map_or("-".into(), |s| s.to_string()),
-                    l.answer.lines().next().unwrap_or_default()
-                );
+            let every = destination.is_none();
+            let destinations = match destination {
+                Some(one) => vec![one],
+                None => shared
+                    .config
+                    .destinations
+                    .iter()
+                    .map(|d| d.id.clone())
+                    .collect(),
+            };
+            for destination in destinations {
+                let scan = letters.scan(&destination).await?;
+                for l in &scan.letters {
+                    println!(
+                        "{}  attempts {:>3}  status {:>3}  {}",
+                        l.id,
+                        l.attempts,
+                        l.status.map_or("-".into(), |s| s.to_string()),
+                        l.answer.lines().next().unwrap_or_default()
+                    );
+                }
+                println!("{} dead letter(s) for {destination}", scan.letters.len());
+                for (key, why) in &scan.unreadable {
+                    println!("unreadable: {key}: {why}");
+                }
             }
-            println!("{} dead letter(s) for {destination}", scan.letters.len());
-            for (key, why) in &scan.unreadable {
-                println!("unreadable: {key}: {why}");
+            if every {
+                let (_, dead_letter) = shared.ingest_queues().await?;
+                let depth = dead_letter.depth().await?;
+                println!(
+                    "{} message(s) in the ingest dead-letter queue (mpconnect dlq redrive-ingest moves them back)",
+                    depth.visible + depth.in_flight + depth.delayed
+                );
             }
         }
         Command::Show { id, destination } => {
@@ -132,7 +154,7 @@ pub async fn redrive_ingest(queue: &StageQueue, dead_letter: &StageQueue) -> any
             .iter()
             .map(|m| {
                 let mut attributes = m.attributes.clone();
-                attributes.remove(transform::attr::REJECTED_BECAUSE);
+                attributes.remove(runtime::envelope::attr::REJECTED_BECAUSE);
                 Message {
                     body: m.body.clone(),
                     attributes,
@@ -168,9 +190,12 @@ mod tests {
                 (0..12)
                     .map(|i| {
                         Message::new(if i == 0 { large.clone() } else { vec![i as u8] })
-                            .with_attribute(transform::attr::REJECTED_BECAUSE, "delivery down")
-                            .with_attribute(transform::attr::ROUTE, "c/mp")
-                            .with_attribute(runtime::queue::attr::SOURCE, "web")
+                            .with_attribute(
+                                runtime::envelope::attr::REJECTED_BECAUSE,
+                                "delivery down",
+                            )
+                            .with_attribute(runtime::envelope::attr::ROUTE, "c/mp")
+                            .with_attribute(runtime::envelope::attr::SOURCE, "web")
                     })
                     .collect(),
             )
@@ -188,9 +213,12 @@ mod tests {
         }
         assert_eq!(back.len(), 12);
         for m in &back {
-            assert!(!m.attributes.contains_key(transform::attr::REJECTED_BECAUSE));
+            assert!(
+                !m.attributes
+                    .contains_key(runtime::envelope::attr::REJECTED_BECAUSE)
+            );
             assert_eq!(
-                m.attributes[transform::attr::ROUTE],
+                m.attributes[runtime::envelope::attr::ROUTE],
                 "c/mp",
                 "the routes still owed"
             );

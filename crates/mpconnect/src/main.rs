@@ -190,7 +190,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Faults(args) => bench::faults::run(args).await,
             Command::Backfill(args) => {
-                init_logs(None, None, None);
+                init_logs(None, args.config.log_format.as_deref(), None);
                 backfill::run(args).await
             }
         }

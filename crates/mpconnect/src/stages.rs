@@ -194,7 +194,7 @@ pub fn unsafe_keeping(
     }
 }
 
-fn aws_settings(config: &Config) -> AwsSettings {
+pub fn aws_settings(config: &Config) -> AwsSettings {
     AwsSettings {
         region: config.aws.region.clone(),
         endpoint_url: config.aws.endpoint_url.clone(),

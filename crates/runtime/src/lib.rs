@@ -3,6 +3,7 @@
 //! checks for bodies too large for a queue message, and the AWS client settings.
 
 pub mod aws;
+pub mod envelope;
 pub mod guard;
 pub mod queue;
 pub mod secret;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::Fixture;
-use mpconnect_runtime::queue::attr;
+use mpconnect_runtime::envelope::attr;
 use mpconnect_runtime::{Message, ObjectStore, Queue, ReceiveOptions, Received};
 
 fn options(max: usize, wait_ms: u64, visibility_s: u64) -> ReceiveOptions {

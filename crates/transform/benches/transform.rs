@@ -37,9 +37,9 @@ async fn main() {
             .iter()
             .map(|b| {
                 Message::new(b.clone())
-                    .with_attribute("mp-source", "web")
+                    .with_attribute(runtime::envelope::attr::SOURCE, "web")
                     .with_attribute(
-                        "traceparent",
+                        runtime::envelope::attr::TRACEPARENT,
                         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
                     )
             })

@@ -39,9 +39,6 @@ pub fn dns(host: &str, port: u16) -> Resolve {
     })
 }
 
-/// The span name of a Deliver call, on both sides (OpenTelemetry's RPC convention).
-pub const RPC_NAME: &str = "mpconnect.v1.DeliveryService/Deliver";
-
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     /// Retrying later may succeed (delivery down, overloaded, too slow).
@@ -136,7 +133,7 @@ impl DeliveryClient {
         // the call is a span in the first one's, linked to the others', and its context rides
         // in the call's metadata.
         let span = runtime::pipeline_span!(
-            RPC_NAME,
+            runtime::envelope::DELIVER_RPC,
             otel.kind = "client",
             mpconnect.stage = "transform",
             rpc.system = "grpc",

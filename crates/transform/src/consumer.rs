@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message as _;
-use runtime::queue::attr as queue_attr;
+use runtime::envelope::{attr, content_type};
 use runtime::telemetry::{self, TraceContext};
 use runtime::{Message, Queue, QueueError, ReceiveOptions, Received, StageQueue};
 use schema::v1::{Batch, Outcome, RoutedBatch};
@@ -18,20 +18,6 @@ use schema::v1::{Batch, Outcome, RoutedBatch};
 use crate::client::{DeliveryClient, DeliveryError};
 use crate::dedupe::{DedupeSettings, DedupeWindow, Key, Tier};
 use crate::rules::Rules;
-
-/// Queue attributes the transform sets.
-pub mod attr {
-    /// On a retry copy: the `connection/destination` pairs still owed, comma-separated.
-    pub const ROUTE: &str = "mp-route";
-    /// On dead letters: why.
-    pub const REJECTED_BECAUSE: &str = "mp-rejected-because";
-    /// Set by the S3 source: the batch's stable id.
-    pub const BATCH_ID: &str = "mp-batch-id";
-    /// Set by ingest for `/bulkevents/historical`.
-    pub const HISTORICAL: &str = "mp-historical";
-    /// Attempts made on a message before this copy of it (a retry is a fresh copy).
-    pub const ATTEMPTS: &str = "mp-attempts";
-}
 
 /// Joins one source to one or more destinations, through rules.
 #[derive(Debug, Clone)]
@@ -442,7 +428,7 @@ impl Transform {
                             batch: Some(out),
                             source: message
                                 .attributes
-                                .get(queue_attr::SOURCE)
+                                .get(attr::SOURCE)
                                 .cloned()
                                 .unwrap_or_default(),
                             connection: connection.id.clone(),
@@ -453,14 +439,12 @@ impl Transform {
                             traceparent: trace
                                 .as_ref()
                                 .map(|t| t.traceparent.clone())
-                                .or_else(|| {
-                                    message.attributes.get(queue_attr::TRACEPARENT).cloned()
-                                })
+                                .or_else(|| message.attributes.get(attr::TRACEPARENT).cloned())
                                 .unwrap_or_default(),
                             tracestate: trace
                                 .as_ref()
                                 .and_then(|t| t.tracestate.clone())
-                                .or_else(|| message.attributes.get(queue_attr::TRACESTATE).cloned())
+                                .or_else(|| message.attributes.get(attr::TRACESTATE).cloned())
                                 .unwrap_or_default(),
                         });
                 }
@@ -618,8 +602,8 @@ impl Transform {
         }
         let json = message
             .attributes
-            .get(queue_attr::CONTENT_TYPE)
-            .is_some_and(|t| t.starts_with("application/json"));
+            .get(attr::CONTENT_TYPE)
+            .is_some_and(|t| content_type::is_json(t));
         let batch = if json {
             schema::parse_batch(&message.body).map_err(|e| format!("not a batch: {e}"))?
         } else {
@@ -653,7 +637,7 @@ impl Transform {
         }
         let source = message
             .attributes
-            .get(queue_attr::SOURCE)
+            .get(attr::SOURCE)
             .map(String::as_str)
             .unwrap_or_default();
         let routes: Vec<Route> = inner
@@ -802,12 +786,9 @@ fn message_span(message: &Received) -> (tracing::Span, Option<TraceContext>) {
     let parent = TraceContext::continue_from(
         message
             .attributes
-            .get(queue_attr::TRACEPARENT)
+            .get(attr::TRACEPARENT)
             .map(String::as_str),
-        message
-            .attributes
-            .get(queue_attr::TRACESTATE)
-            .map(String::as_str),
+        message.attributes.get(attr::TRACESTATE).map(String::as_str),
     );
     if let Some(parent) = &parent {
         telemetry::queue_wait(
@@ -825,7 +806,7 @@ fn message_span(message: &Received) -> (tracing::Span, Option<TraceContext>) {
         mpconnect.stage = "transform",
         source = message
             .attributes
-            .get(queue_attr::SOURCE)
+            .get(attr::SOURCE)
             .map(String::as_str)
             .unwrap_or_default(),
         message_id = message.message_id.as_str(),
@@ -847,7 +828,7 @@ fn message_span(message: &Received) -> (tracing::Span, Option<TraceContext>) {
 fn dedupe_keys(message: &Received, batch: &Batch, connection: &str, destination: &str) -> Vec<Key> {
     let source = message
         .attributes
-        .get(queue_attr::SOURCE)
+        .get(attr::SOURCE)
         .map(String::as_str)
         .unwrap_or_default();
     let mut keys = vec![Key::of(&[
@@ -868,7 +849,7 @@ fn dedupe_keys(message: &Received, batch: &Batch, connection: &str, destination:
 fn event_key(connection: &str, destination: &str, message: &Received, id: &str) -> Key {
     let source = message
         .attributes
-        .get(queue_attr::SOURCE)
+        .get(attr::SOURCE)
         .map(String::as_str)
         .unwrap_or_default();
     Key::of(&[connection, destination, "e", source, id])

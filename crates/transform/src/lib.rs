@@ -10,6 +10,6 @@ pub mod rules;
 pub mod testing;
 
 pub use client::{DeliveryClient, DeliveryError, Resolve};
-pub use consumer::{Connection, Transform, TransformSettings, TransformStats, attr};
+pub use consumer::{Connection, Transform, TransformSettings, TransformStats};
 pub use dedupe::{DedupeSettings, DedupeWindow, Key as DedupeKey};
 pub use rules::Rules;

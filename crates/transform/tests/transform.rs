@@ -630,11 +630,11 @@ async fn messages_nothing_can_be_done_with_go_to_the_dead_letter_queue() {
             message("web", &mixed("to-unknown")),
             message("nobody", &mixed("unrouted")),
             runtime::Message::new(&b"\xff\xff not protobuf"[..])
-                .with_attribute(runtime::queue::attr::SOURCE, "web"),
+                .with_attribute(runtime::envelope::attr::SOURCE, "web"),
             // A claim-checked body that is gone: no data, never an empty batch.
             runtime::Message::new(Vec::new())
-                .with_attribute(runtime::queue::attr::SOURCE, "web")
-                .with_attribute(runtime::queue::attr::CLAIM_CHECK, "claims/gone"),
+                .with_attribute(runtime::envelope::attr::SOURCE, "web")
+                .with_attribute(runtime::envelope::attr::CLAIM_CHECK, "claims/gone"),
         ])
         .await
         .unwrap();

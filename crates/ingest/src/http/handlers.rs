@@ -8,13 +8,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prost::Message as _;
-use runtime::queue::attr as queue_attr;
+use runtime::envelope::{attr, content_type};
 use runtime::telemetry::{self, TraceContext};
 use runtime::{Message, Queue, now_ms};
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
-use super::{BATCH_CONTENT_TYPE, Ingest, attr, auth, body};
+use super::{Ingest, auth, body};
 
 /// Which door a request came in by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,13 +289,13 @@ fn queue_message(
     trace: &TraceContext,
 ) -> Message {
     let mut message = Message::new(body)
-        .with_attribute(queue_attr::SOURCE, source)
-        .with_attribute(queue_attr::CONTENT_TYPE, BATCH_CONTENT_TYPE)
-        .with_attribute(queue_attr::TRACEPARENT, trace.traceparent.clone())
+        .with_attribute(attr::SOURCE, source)
+        .with_attribute(attr::CONTENT_TYPE, content_type::BATCH)
+        .with_attribute(attr::TRACEPARENT, trace.traceparent.clone())
         .with_attribute(attr::RECEIVED_AT, now.to_string())
         .with_attribute(attr::ENDPOINT, door.name());
     if let Some(state) = &trace.tracestate {
-        message = message.with_attribute(queue_attr::TRACESTATE, state.clone());
+        message = message.with_attribute(attr::TRACESTATE, state.clone());
     }
     if door == Door::Historical {
         message = message.with_attribute(attr::HISTORICAL, "true");
@@ -330,9 +330,9 @@ async fn dead_letter(
             let mut because = errors.join("; ");
             schema::limits::truncate_chars(&mut because, 1000);
             Message::new(raw.get().as_bytes().to_vec())
-                .with_attribute(queue_attr::SOURCE, source)
-                .with_attribute(queue_attr::CONTENT_TYPE, "application/json")
-                .with_attribute(queue_attr::TRACEPARENT, trace.traceparent.clone())
+                .with_attribute(attr::SOURCE, source)
+                .with_attribute(attr::CONTENT_TYPE, content_type::JSON)
+                .with_attribute(attr::TRACEPARENT, trace.traceparent.clone())
                 .with_attribute(attr::RECEIVED_AT, now.to_string())
                 .with_attribute(attr::ENDPOINT, door.name())
                 .with_attribute(attr::REJECTED_BECAUSE, because)

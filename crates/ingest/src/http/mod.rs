@@ -21,18 +21,6 @@ use runtime::{Queue, StageQueue};
 pub use config::{DEFAULT_MAX_BACKLOG, HttpSource, IngestSettings};
 pub use error::ApiError;
 
-/// Queue attributes ingest sets beside the shared ones in `runtime::queue::attr`.
-pub mod attr {
-    /// Milliseconds since the epoch when ingest accepted the batch.
-    pub const RECEIVED_AT: &str = "mp-received-at";
-    /// `true` for batches from `/bulkevents/historical`: delivery must use that endpoint too.
-    pub const HISTORICAL: &str = "mp-historical";
-    /// Which door the batch came in by: `events`, `bulkevents`, `historical`, `webhook`.
-    pub const ENDPOINT: &str = "mp-endpoint";
-    /// On dead letters: why the batch was refused.
-    pub const REJECTED_BECAUSE: &str = "mp-rejected-because";
-}
-
 /// Decodes and validates one batch (either dialect), as mParticle would. Errors are
 /// messages for the sender.
 pub(crate) fn check_batch(json: &[u8]) -> Result<schema::v1::Batch, Vec<String>> {
@@ -51,9 +39,6 @@ pub(crate) fn check_batch_as_sent(json: &[u8]) -> Result<(schema::v1::Batch, boo
 pub(crate) fn messages(errors: Vec<schema::ValidationError>) -> Vec<String> {
     errors.iter().map(ToString::to_string).collect()
 }
-
-/// The queue body's content type.
-pub const BATCH_CONTENT_TYPE: &str = "application/x-protobuf; messageType=mpconnect.v1.Batch";
 
 /// The running HTTP source; cheap to clone.
 #[derive(Clone)]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client as S3Client;
 use prost::Message as _;
-use runtime::queue::attr as queue_attr;
+use runtime::envelope::{attr, content_type};
 use runtime::store::S3Store;
 use runtime::telemetry::{self, TraceContext};
 use runtime::{
@@ -30,18 +30,6 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 pub use backfill::{BackfillProgress, BackfillSummary, backfill};
 pub use notification::{Notification, ObjectRef, is_verification_file};
-
-use crate::http::{BATCH_CONTENT_TYPE, attr};
-
-/// Queue attributes the S3 source sets.
-pub mod s3_attr {
-    /// `s3://bucket/key` of the object a batch came from.
-    pub const OBJECT: &str = "mp-s3-object";
-    /// The batch's line in that object, from 1.
-    pub const LINE: &str = "mp-s3-line";
-    /// Stable across redeliveries: bucket, key, ETag and line, hashed.
-    pub const BATCH_ID: &str = "mp-batch-id";
-}
 
 #[derive(Debug, Clone)]
 pub struct S3SourceSettings {
@@ -230,7 +218,7 @@ impl S3Source {
                 tracing::error!(error = %e, "an unreadable S3 notification goes to the dead-letter queue");
                 if let Some(dlq) = &self.inner.dead_letter {
                     let kept = Message::new(message.body.clone())
-                        .with_attribute(queue_attr::SOURCE, self.inner.settings.source_id.clone())
+                        .with_attribute(attr::SOURCE, self.inner.settings.source_id.clone())
                         .with_attribute(attr::REJECTED_BECAUSE, e);
                     if dlq.send(vec![kept]).await.is_err() {
                         return self.retry_later(&message).await;
@@ -370,12 +358,12 @@ impl S3Source {
                 .unwrap_or_else(|| child_span(&trace));
             let base = |body: Vec<u8>| {
                 Message::new(body)
-                    .with_attribute(queue_attr::SOURCE, settings.source_id.clone())
-                    .with_attribute(queue_attr::TRACEPARENT, traceparent.clone())
+                    .with_attribute(attr::SOURCE, settings.source_id.clone())
+                    .with_attribute(attr::TRACEPARENT, traceparent.clone())
                     .with_attribute(attr::RECEIVED_AT, now.to_string())
                     .with_attribute(attr::ENDPOINT, "s3")
-                    .with_attribute(s3_attr::OBJECT, location.clone())
-                    .with_attribute(s3_attr::LINE, number.to_string())
+                    .with_attribute(attr::S3_OBJECT, location.clone())
+                    .with_attribute(attr::S3_LINE, number.to_string())
             };
             match checked {
                 Ok(batch) => {
@@ -383,9 +371,9 @@ impl S3Source {
                     summary.events += batch.events.len() as u64;
                     queued.push(
                         base(batch.encode_to_vec())
-                            .with_attribute(queue_attr::CONTENT_TYPE, BATCH_CONTENT_TYPE)
+                            .with_attribute(attr::CONTENT_TYPE, content_type::BATCH)
                             .with_attribute(
-                                s3_attr::BATCH_ID,
+                                attr::BATCH_ID,
                                 batch_id(&object.bucket, &object.key, &etag, number),
                             ),
                     );
@@ -404,7 +392,7 @@ impl S3Source {
                     kept.truncate(settings.max_line_bytes);
                     dead.push(
                         base(kept)
-                            .with_attribute(queue_attr::CONTENT_TYPE, "application/json")
+                            .with_attribute(attr::CONTENT_TYPE, content_type::JSON)
                             .with_attribute(attr::REJECTED_BECAUSE, because),
                     );
                 }

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{Depth, Message, Queue, QueueError, Receipt, ReceiveOptions, Received, attr};
+use super::{Depth, Message, Queue, QueueError, Receipt, ReceiveOptions, Received};
+use crate::envelope::attr;
 use crate::store::{ObjectStore, StoreError};
 
 /// 240 KiB: room under SQS's historical 256 KiB (still LocalStack's) for the attributes.

@@ -18,23 +18,11 @@ pub use claim_check::{ClaimChecked, DEFAULT_CLAIM_CHECK_THRESHOLD, plain_size};
 pub use embedded::{EmbeddedDb, EmbeddedQueue, Sync as EmbeddedSync};
 pub use sqs::{Keeping, SqsQueue, SqsSettings};
 
+use crate::envelope::attr;
 use crate::store::StoreError;
 
 /// Message attributes: string keys to string values (SQS allows at most 10 per message).
 pub type Attributes = BTreeMap<String, String>;
-
-/// Attribute names every stage agrees on.
-pub mod attr {
-    /// W3C trace context of the batch.
-    pub const TRACEPARENT: &str = "traceparent";
-    pub const TRACESTATE: &str = "tracestate";
-    /// The source (or connection) the data came from.
-    pub const SOURCE: &str = "mp-source";
-    /// The body's format, e.g. `application/x-protobuf; type=mpconnect.v1.Batch`.
-    pub const CONTENT_TYPE: &str = "content-type";
-    /// Set by [`super::ClaimChecked`]: the object store key holding the real body.
-    pub const CLAIM_CHECK: &str = "mp-claim-check";
-}
 
 /// A message to send.
 #[derive(Debug, Clone, Default, PartialEq)]

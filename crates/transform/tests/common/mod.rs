@@ -129,13 +129,13 @@ pub fn message(source: &str, json: &str) -> runtime::Message {
     use prost::Message as _;
     let batch = schema::decode_batch(json.as_bytes()).unwrap();
     runtime::Message::new(batch.encode_to_vec())
-        .with_attribute(runtime::queue::attr::SOURCE, source)
+        .with_attribute(runtime::envelope::attr::SOURCE, source)
         .with_attribute(
-            runtime::queue::attr::CONTENT_TYPE,
-            "application/x-protobuf; messageType=mpconnect.v1.Batch",
+            runtime::envelope::attr::CONTENT_TYPE,
+            runtime::envelope::content_type::BATCH,
         )
         .with_attribute(
-            runtime::queue::attr::TRACEPARENT,
+            runtime::envelope::attr::TRACEPARENT,
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         )
 }
