@@ -131,8 +131,7 @@ impl Poster {
         // while the destination may still take it, and its batches would go again. So it
         // starts by the attempt's midpoint or a second before its end, whichever is later.
         let room = (deadline.saturating_duration_since(Instant::now()) / 2).min(ANSWER_ROOM);
-        let latest_start = deadline.checked_sub(room).unwrap_or(deadline);
-        let permit = match self.limiter.acquire(batches, latest_start).await {
+        let permit = match self.limiter.acquire(batches, deadline).await {
             Ok(permit) => permit,
             Err(Refused::Paused { remaining }) => {
                 return Answer::Retry {
@@ -145,6 +144,12 @@ impl Poster {
                 return Answer::retry(format!("no room to send to {who} within the attempt"));
             }
         };
+        // A place taken too late is given back unused (waiting for it until the deadline, as
+        // before, keeps a sick destination's calls from coming round faster).
+        if deadline.saturating_duration_since(Instant::now()) < room {
+            drop(permit);
+            return Answer::retry(format!("no room to send to {who} within the attempt"));
+        }
         let authorization = match &*self.authorization.read().expect("credential lock") {
             Ok(value) => value.clone(),
             Err(why) => {

@@ -9,7 +9,9 @@ pub mod queue;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
-#[doc(hidden)]
+/// Helpers for tests across the workspace (moto, a fault proxy): feature `testing`, never in
+/// release builds.
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use queue::{

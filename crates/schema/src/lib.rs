@@ -202,8 +202,8 @@ pub fn materialize(batch: &mut v1::Batch) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// Checks and data shared by the fuzz target, the tests and the benchmarks.
-#[doc(hidden)]
+/// Checks and data shared by the fuzz target, the tests and the benchmarks: feature `testing`.
+#[cfg(feature = "testing")]
 pub mod testing {
     use super::*;
     use serde_json::json;

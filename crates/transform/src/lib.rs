@@ -6,7 +6,8 @@ pub mod client;
 mod consumer;
 pub mod dedupe;
 pub mod rules;
-#[doc(hidden)]
+/// A recording delivery peer for tests across the workspace: feature `testing`.
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use client::{DeliveryClient, DeliveryError, Resolve};
