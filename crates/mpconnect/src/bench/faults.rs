@@ -151,6 +151,15 @@ impl Report {
         self.duplicated as f64 / (self.accepted_batches.max(1)) as f64
     }
 
+    fn events(&self, batches: usize) -> usize {
+        batches * self.events_per_batch
+    }
+
+    fn recovery_text(&self) -> String {
+        self.recovery
+            .map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()))
+    }
+
     fn holds(&self) -> bool {
         self.missing == 0 && self.duplicate_rate() <= 0.001
     }
@@ -194,13 +203,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "| {} | {} | {} | {} ({:.3}%) | {} | {} | {} |",
             r.scenario.name(),
-            r.accepted_batches * r.events_per_batch,
-            r.missing * r.events_per_batch,
-            r.duplicated * r.events_per_batch,
+            r.events(r.accepted_batches),
+            r.events(r.missing),
+            r.events(r.duplicated),
             r.duplicate_rate() * 100.0,
             r.dead_letters,
-            r.recovery
-                .map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            r.recovery_text(),
             r.answers,
         );
     }
@@ -220,14 +228,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 fn print_report(r: &Report) {
     println!(
         "  acknowledged {} events ({} batches); missing {}; duplicated {} ({:.3}%); dead-lettered: {}; recovered {} after the fault; ingest answered {}",
-        r.accepted_batches * r.events_per_batch,
+        r.events(r.accepted_batches),
         r.accepted_batches,
-        r.missing * r.events_per_batch,
-        r.duplicated * r.events_per_batch,
+        r.events(r.missing),
+        r.events(r.duplicated),
         r.duplicate_rate() * 100.0,
         r.dead_letters,
-        r.recovery
-            .map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+        r.recovery_text(),
         r.answers,
     );
 }
@@ -510,11 +517,7 @@ async fn send(
                         }
                     };
                     let status = response.status().as_u16();
-                    let retry_after = response
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    let retry_after = super::load::retry_after_secs(&response);
                     let _ = response.bytes().await;
                     match status {
                         202 => {

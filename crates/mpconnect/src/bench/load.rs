@@ -61,11 +61,7 @@ pub async fn run(
                     }
                 };
                 let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let retry_after = retry_after_secs(&response);
                 let _ = response.bytes().await;
                 latencies.push(sent.elapsed().as_micros() as u64);
                 match status {
@@ -100,6 +96,15 @@ pub async fn run(
     }
     latencies_us.sort_unstable();
     Ok(LoadResult { latencies_us })
+}
+
+/// A response's `Retry-After` in seconds, when it has one.
+pub fn retry_after_secs(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
