@@ -131,8 +131,10 @@ impl Poster {
         // while the destination may still take it, and its batches would go again. So it
         // starts by the attempt's midpoint or a second before its end, whichever is later.
         let room = (deadline.saturating_duration_since(Instant::now()) / 2).min(ANSWER_ROOM);
+        // A place taken too late is refused like none (waiting for it until the deadline, as
+        // before, keeps a sick destination's calls from coming round faster).
         let permit = match self.limiter.acquire(batches, deadline).await {
-            Ok(permit) => permit,
+            Ok(permit) if deadline.saturating_duration_since(Instant::now()) >= room => permit,
             Err(Refused::Paused { remaining }) => {
                 return Answer::Retry {
                     detail: format!("{who} asked us to wait (Retry-After)"),
@@ -140,16 +142,10 @@ impl Poster {
                     after: Some(remaining),
                 };
             }
-            Err(Refused::Late) => {
+            Ok(_) | Err(Refused::Late) => {
                 return Answer::retry(format!("no room to send to {who} within the attempt"));
             }
         };
-        // A place taken too late is given back unused (waiting for it until the deadline, as
-        // before, keeps a sick destination's calls from coming round faster).
-        if deadline.saturating_duration_since(Instant::now()) < room {
-            drop(permit);
-            return Answer::retry(format!("no room to send to {who} within the attempt"));
-        }
         let authorization = match &*self.authorization.read().expect("credential lock") {
             Ok(value) => value.clone(),
             Err(why) => {

@@ -150,7 +150,7 @@ impl Transform {
     ) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut ids = std::collections::HashSet::new();
+        let mut ids = HashSet::new();
         for (i, c) in settings.connections.iter().enumerate() {
             let at = format!("connections[{i}] ({})", c.id);
             if !ids.insert(c.id.clone()) {
@@ -316,12 +316,12 @@ impl Transform {
         let mut answers: Vec<Vec<Option<Answer>>> = Vec::with_capacity(work.len());
         let mut remember: Vec<Vec<(String, RouteKeys)>> = Vec::with_capacity(work.len());
         // Keys already routed in this round: a repeat inside one round is a repeat too.
-        let mut in_round: std::collections::HashSet<Key> = std::collections::HashSet::new();
+        let mut in_round: HashSet<Key> = HashSet::new();
         let mut reserved = Reservation {
             in_flight: &inner.in_flight,
             keys: Vec::new(),
         };
-        let seen = |tier: Tier, key: &Key, in_round: &std::collections::HashSet<Key>| {
+        let seen = |tier: Tier, key: &Key, in_round: &HashSet<Key>| {
             in_round.contains(key) || inner.dedupe.contains(tier, key)
         };
         for (m, (message, batch, routes)) in work.iter_mut().enumerate() {

@@ -145,21 +145,6 @@ impl DedupeWindow {
         let now = runtime::now_ms().max(0) as u64;
         self.tier(tier).insert_all(keys, now);
     }
-
-    pub fn len(&self, tier: Tier) -> usize {
-        let now = runtime::now_ms().max(0) as u64;
-        let mut slices = self.tier(tier);
-        slices.expire(now);
-        slices.total
-    }
-
-    /// How far back the tier remembers, oldest key to now.
-    pub fn reach(&self, tier: Tier) -> Duration {
-        let now = runtime::now_ms().max(0) as u64;
-        let mut slices = self.tier(tier);
-        slices.expire(now);
-        Duration::from_millis(slices.reach(now))
-    }
 }
 
 struct Slice {
@@ -233,12 +218,10 @@ impl Slices {
             journal: None,
             warned_ms: 0,
         };
-        let mut next_seq = 0;
         if let Some(dir) = dir {
             match read_journal(&dir, now.saturating_sub(window_ms)) {
                 Ok(found) => {
                     for slice in found {
-                        next_seq = slice.seq + 1;
                         slices.total += slice.len();
                         slices.slices.push_back(slice);
                     }
@@ -257,7 +240,7 @@ impl Slices {
                 "dedupe window read back from disk"
             );
         }
-        slices.start_slice(next_seq, now);
+        slices.start_slice(now);
         slices.expire(now);
         slices
     }
@@ -282,8 +265,7 @@ impl Slices {
             {
                 self.write(&record);
                 record.clear();
-                let seq = self.slices.back().map_or(0, |s| s.seq + 1);
-                self.start_slice(seq, now);
+                self.start_slice(now);
                 self.expire(now);
             }
             let Some(newest) = self.slices.back_mut() else {
@@ -322,8 +304,9 @@ impl Slices {
         }
     }
 
-    /// Seals the newest slice and starts another (with its file).
-    fn start_slice(&mut self, seq: u64, now: u64) {
+    /// Seals the newest slice and starts another (with its file), numbered after it.
+    fn start_slice(&mut self, now: u64) {
+        let seq = self.slices.back().map_or(0, |s| s.seq + 1);
         if let Some(newest) = self.slices.back_mut() {
             newest.seal();
         }
@@ -353,8 +336,7 @@ impl Slices {
             .back()
             .is_some_and(|s| s.len() > 0 && now.saturating_sub(s.oldest_ms) >= slice_ms)
         {
-            let seq = self.slices.back().map_or(0, |s| s.seq + 1);
-            self.start_slice(seq, now);
+            self.start_slice(now);
         }
         while self.slices.len() > 1 {
             let Some(oldest) = self.slices.front() else {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Deserialize;
 
+use super::load::post_bulk;
 use super::payload::Payload;
 use super::receiver::{Fault, Receiver};
 use super::{Ports, basic, bench_config, free_port, split_setup};
@@ -506,24 +507,13 @@ async fn send(
                 let body = payload.body();
                 let ids: Vec<RequestId> = serde_json::from_slice(&body)?;
                 loop {
-                    let answer = client
-                        .post(&url)
-                        .header("authorization", &authorization)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    let response = match answer {
-                        Ok(r) => r,
-                        Err(_) => {
-                            ledger.errors.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(250)).await;
-                            continue;
-                        }
+                    let Ok((status, retry_after)) =
+                        post_bulk(&client, &url, &authorization, body.clone()).await
+                    else {
+                        ledger.errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue;
                     };
-                    let status = response.status().as_u16();
-                    let retry_after = super::load::retry_after_secs(&response);
-                    let _ = response.bytes().await;
                     match status {
                         202 => {
                             let at = clock.elapsed();

@@ -45,24 +45,13 @@ pub async fn run(
             while Instant::now() < until {
                 let body = payload.body();
                 let sent = Instant::now();
-                let answer = client
-                    .post(&url)
-                    .header("authorization", &authorization)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let response = match answer {
-                    Ok(r) => r,
-                    Err(_) => {
-                        counts.errors.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
+                let Ok((status, retry_after)) =
+                    post_bulk(&client, &url, &authorization, body).await
+                else {
+                    counts.errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 };
-                let status = response.status().as_u16();
-                let retry_after = retry_after_secs(&response);
-                let _ = response.bytes().await;
                 latencies.push(sent.elapsed().as_micros() as u64);
                 match status {
                     202 => {
@@ -98,13 +87,29 @@ pub async fn run(
     Ok(LoadResult { latencies_us })
 }
 
-/// A response's `Retry-After` in seconds, when it has one.
-pub fn retry_after_secs(response: &reqwest::Response) -> Option<u64> {
-    response
+/// Posts one bulk body and reads the whole answer: its status and its `Retry-After` in
+/// seconds, when it has one.
+pub async fn post_bulk(
+    client: &reqwest::Client,
+    url: &str,
+    authorization: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Option<u64>), reqwest::Error> {
+    let response = client
+        .post(url)
+        .header("authorization", authorization)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let retry_after = response
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let _ = response.bytes().await;
+    Ok((status, retry_after))
 }
 
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
