@@ -14,6 +14,22 @@ use runtime::telemetry;
 /// How long one HTTP request gets unless configured (mParticle and webhooks alike).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// An HTTP destination's configured `max_concurrency` and `request_timeout_ms`, over its
+/// defaults.
+pub fn apply_config(
+    max_concurrency: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    limit: &mut crate::limit::LimitSettings,
+    request_timeout: &mut Duration,
+) {
+    if let Some(max) = max_concurrency {
+        limit.max_concurrency = max.max(1);
+    }
+    if let Some(ms) = request_timeout_ms {
+        *request_timeout = Duration::from_millis(ms);
+    }
+}
+
 /// The least time a request is given to be answered within an attempt (see `post_traced`).
 const ANSWER_ROOM: Duration = Duration::from_secs(1);
 

@@ -5,6 +5,7 @@
 //! A batch is answered only once it is delivered, parked in its destination's retry queue, or
 //! dead-lettered; the transform acknowledges its input on that answer.
 
+pub mod config;
 pub mod destination;
 pub mod dlq;
 pub mod driver;
@@ -21,6 +22,7 @@ pub mod service;
 pub mod testing;
 pub mod webhook;
 
+pub use config::{BuildContext, BuildError, DestinationConfig, DestinationKind};
 pub use destination::{
     DEFAULT_ATTEMPT_TIMEOUT, Destination, DestinationSettings, DestinationState,
 };

@@ -75,7 +75,7 @@ fn chosen_source(config: &Config, asked: Option<&str>) -> anyhow::Result<String>
     let s3: Vec<&str> = config
         .sources
         .iter()
-        .filter(|s| s.kind == "s3")
+        .filter(|s| matches!(s.kind, ingest::SourceKind::S3(_)))
         .map(|s| s.id.as_str())
         .collect();
     match (s3.as_slice(), config.sources.as_slice()) {

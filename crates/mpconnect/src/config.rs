@@ -6,12 +6,17 @@
 //! Unknown keys are errors, and [`Config::problems`] lists every problem at once, each with its
 //! path in the file.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use runtime::{Secret, SecretSource};
+use delivery::DestinationConfig;
+use ingest::SourceConfig;
+use runtime::config::Problems;
 use serde::Deserialize;
+use transform::Connection;
+
+pub use runtime::SecretConfig;
 
 /// The default config of `mpconnect all`, shipped in the repository and in the binary.
 pub const LOCAL_DEFAULT: &str = include_str!("../../../examples/local.toml");
@@ -41,7 +46,7 @@ pub struct Config {
     #[serde(default)]
     pub destinations: Vec<DestinationConfig>,
     #[serde(default)]
-    pub connections: Vec<ConnectionConfig>,
+    pub connections: Vec<Connection>,
     #[serde(default)]
     pub transform: TransformConfig,
     #[serde(default)]
@@ -182,89 +187,6 @@ pub struct Aws {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct SourceConfig {
-    pub id: String,
-    /// `http` (Events API and webhook) or `s3` (mParticle's S3 output, via notifications).
-    pub kind: String,
-    /// http: the key and secret senders use (HTTP Basic; the webhook's `Authorization`).
-    pub api_key: Option<SecretConfig>,
-    pub api_secret: Option<SecretConfig>,
-    /// s3: the SQS queue receiving the bucket's `ObjectCreated` notifications.
-    pub notification_queue: Option<String>,
-    /// s3: objects read at once.
-    pub concurrency: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct DestinationConfig {
-    pub id: String,
-    /// `mparticle`, `s3`, `webhook` or `file`.
-    pub kind: String,
-    /// mparticle: `us1`, `us2`, `eu1`, `au1`, or `base_url` instead.
-    pub pod: Option<String>,
-    /// mparticle: the Events API up to `/v2`; webhook: the URL to POST to.
-    pub base_url: Option<String>,
-    pub url: Option<String>,
-    pub api_key: Option<SecretConfig>,
-    pub api_secret: Option<SecretConfig>,
-    /// webhook: sent verbatim as `Authorization`.
-    pub authorization: Option<SecretConfig>,
-    /// mparticle: batches per second (mParticle's default is 270).
-    pub rate_limit: Option<f64>,
-    pub max_concurrency: Option<usize>,
-    pub request_timeout_ms: Option<u64>,
-    /// s3: the bucket, an optional folder, date folders, gzip.
-    pub bucket: Option<String>,
-    pub folder: Option<String>,
-    pub date_folders: Option<bool>,
-    pub gzip: Option<bool>,
-    /// s3 and file: the `<App>` of file names, and when files roll.
-    pub app_name: Option<String>,
-    pub max_file_bytes: Option<u64>,
-    pub max_file_age_ms: Option<u64>,
-    /// file: the directory (relative to the data directory).
-    pub path: Option<PathBuf>,
-    /// The retry queue (an SQS URL or name; embedded: a name). Default `retry-<id>`.
-    pub retry_queue: Option<String>,
-    /// Past this since the first attempt a batch is dead-lettered (default 4 hours).
-    pub retry_window_secs: Option<u64>,
-    pub probe_interval_ms: Option<u64>,
-    pub attempt_timeout_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ConnectionConfig {
-    pub id: String,
-    pub source: String,
-    pub destinations: Vec<String>,
-    #[serde(default)]
-    pub rules: RulesConfig,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct RulesConfig {
-    #[serde(default)]
-    pub allow_event_types: Vec<String>,
-    #[serde(default)]
-    pub deny_event_types: Vec<String>,
-    #[serde(default)]
-    pub allow_event_names: Vec<String>,
-    #[serde(default)]
-    pub deny_event_names: Vec<String>,
-    #[serde(default)]
-    pub rename_attributes: BTreeMap<String, String>,
-    #[serde(default)]
-    pub drop_attributes: Vec<String>,
-    #[serde(default)]
-    pub rename_user_attributes: BTreeMap<String, String>,
-    #[serde(default)]
-    pub drop_user_attributes: Vec<String>,
-    #[serde(default)]
-    pub hash_identities: bool,
-    pub set_environment: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
 pub struct TransformConfig {
     /// Where delivery listens: `host:port`; every address the name resolves to is used
     /// (a headless Service in Kubernetes).
@@ -379,96 +301,6 @@ impl Default for Shutdown {
     }
 }
 
-/// A secret: inline, `{ env = "VAR" }`, `{ file = "path" }`, or `{ file = "path", generate =
-/// true }` (created with a fresh random value if missing: the embedded default's credentials).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretConfig {
-    Value(String),
-    Env(String),
-    File { path: PathBuf, generate: bool },
-}
-
-impl<'de> Deserialize<'de> for SecretConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Table {
-            env: Option<String>,
-            file: Option<PathBuf>,
-            #[serde(default)]
-            generate: bool,
-        }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either {
-            Value(String),
-            Table(Table),
-        }
-        match Either::deserialize(d).map_err(|_| {
-            serde::de::Error::custom(
-                "a secret is a string, { env = \"VAR\" }, or { file = \"path\" }",
-            )
-        })? {
-            Either::Value(v) => Ok(SecretConfig::Value(v)),
-            Either::Table(Table {
-                env: Some(env),
-                file: None,
-                generate: false,
-            }) => Ok(SecretConfig::Env(env)),
-            Either::Table(Table {
-                env: None,
-                file: Some(path),
-                generate,
-            }) => Ok(SecretConfig::File { path, generate }),
-            Either::Table(_) => Err(serde::de::Error::custom(
-                "a secret takes exactly one of env or file",
-            )),
-        }
-    }
-}
-
-impl SecretConfig {
-    /// The source to read it from; relative files are under the data directory.
-    pub fn source(&self, data_dir: &Path) -> SecretSource {
-        match self {
-            SecretConfig::Value(v) => SecretSource::Value(Secret::new(v.clone())),
-            SecretConfig::Env(name) => SecretSource::Env(name.clone()),
-            SecretConfig::File { path, .. } => SecretSource::File(data_dir.join(path)),
-        }
-    }
-
-    /// Creates a generated secret's file if it is missing.
-    pub fn ensure(&self, data_dir: &Path, length: usize) -> std::io::Result<()> {
-        let SecretConfig::File {
-            path,
-            generate: true,
-        } = self
-        else {
-            return Ok(());
-        };
-        let path = data_dir.join(path);
-        if path.exists() {
-            return Ok(());
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        std::io::Write::write_all(&mut options.open(&path)?, random_token(length).as_bytes())
-    }
-}
-
-/// A random token of `length` characters from [A-Za-z0-9].
-pub fn random_token(length: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    (0..length)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {error}")]
@@ -502,6 +334,13 @@ pub fn parse(
         unknown.push(path.to_string())
     })
     .map_err(|e| ConfigError::Parse(e.to_string()))?;
+    // Sources and destinations are read by kind, so their unknown keys come back with them.
+    for (i, source) in config.sources.iter().enumerate() {
+        unknown.extend(source.unknown_keys.iter().map(|k| format!("sources.{i}.{k}")));
+    }
+    for (i, destination) in config.destinations.iter().enumerate() {
+        unknown.extend(destination.unknown_keys.iter().map(|k| format!("destinations.{i}.{k}")));
+    }
     problems.extend(unknown.into_iter().map(|p| format!("{p}: unknown key")));
     Ok((config, problems))
 }
@@ -588,23 +427,13 @@ impl Config {
 
     /// The environment variables holding the secrets that `of` reads.
     pub fn secret_env_vars(&self, of: SecretsOf) -> Vec<String> {
-        let sources = self
-            .sources
-            .iter()
+        let sources = (self.sources.iter())
             .filter(|_| of.sources)
-            .flat_map(|s| [&s.api_key, &s.api_secret]);
-        let destinations = self
-            .destinations
-            .iter()
+            .flat_map(|s| s.secrets().into_iter().filter_map(|s| s.env_var()));
+        let destinations = (self.destinations.iter())
             .filter(|_| of.destinations)
-            .flat_map(|d| [&d.api_key, &d.api_secret, &d.authorization]);
-        let mut names: Vec<String> = sources
-            .chain(destinations)
-            .filter_map(|s| match s {
-                Some(SecretConfig::Env(name)) => Some(name.clone()),
-                _ => None,
-            })
-            .collect();
+            .flat_map(|d| d.secret_env_vars());
+        let mut names: Vec<String> = sources.chain(destinations).map(str::to_owned).collect();
         names.sort();
         names.dedup();
         names
@@ -614,21 +443,7 @@ impl Config {
     /// that cannot be read (of those that `of` reads: a stage's pods hold only their own),
     /// addresses that do not parse, rules that are wrong.
     pub fn problems_for(&self, of: SecretsOf) -> Vec<String> {
-        let mut problems = Vec::new();
-        let check_secret = |at: String,
-                            secret: &Option<SecretConfig>,
-                            reads: bool,
-                            problems: &mut Vec<String>| match secret {
-            None => problems.push(format!("{at}: required")),
-            Some(_) if !reads => {}
-            // Created at start when missing: nothing to read yet.
-            Some(SecretConfig::File { generate: true, .. }) => {}
-            Some(s) => {
-                if let Err(e) = s.source(&self.data_dir).load() {
-                    problems.push(format!("{at}: {e}"));
-                }
-            }
-        };
+        let mut problems = Problems::new(&self.data_dir);
         for (name, addr) in [
             ("listen.ingest", &self.listen.ingest),
             ("listen.delivery", &self.listen.delivery),
@@ -636,23 +451,23 @@ impl Config {
             ("listen.delivery_admin", &self.listen.delivery_admin),
         ] {
             if addr.parse::<SocketAddr>().is_err() {
-                problems.push(format!("{name}: {addr:?} is not an address (ip:port)"));
+                problems.line(format!("{name}: {addr:?} is not an address (ip:port)"));
             }
         }
         if !matches!(self.queues.backend.as_str(), "embedded" | "sqs") {
-            problems.push(format!(
+            problems.line(format!(
                 "queues.backend: {:?} is neither \"embedded\" nor \"sqs\"",
                 self.queues.backend
             ));
         }
         if self.transform.dedupe.window_secs < MIN_DEDUPE_WINDOW_SECS {
-            problems.push(format!(
+            problems.line(format!(
                 "transform.dedupe.window_secs: {} is shorter than a redelivery takes (at least {MIN_DEDUPE_WINDOW_SECS}: twice the ingest queue's visibility timeout)",
                 self.transform.dedupe.window_secs
             ));
         }
         if !matches!(self.queues.sync.as_str(), "normal" | "full") {
-            problems.push(format!(
+            problems.line(format!(
                 "queues.sync: {:?} is neither \"normal\" nor \"full\"",
                 self.queues.sync
             ));
@@ -661,185 +476,85 @@ impl Config {
             None | Some("local") => {}
             Some("s3") if self.store.bucket.is_some() => {}
             Some("s3") => {
-                problems.push("store.bucket: required with store.backend = \"s3\"".into())
+                problems.line("store.bucket: required with store.backend = \"s3\"")
             }
-            Some(other) => problems.push(format!(
+            Some(other) => problems.line(format!(
                 "store.backend: {other:?} is neither \"local\" nor \"s3\""
             )),
         }
         if self.queues.backend == "sqs" && self.store.backend.as_deref() != Some("s3") {
-            problems.push(
-                "store.backend: the SQS queues need an S3 store for claim checks and dead letters"
-                    .into(),
+            problems.line(
+                "store.backend: the SQS queues need an S3 store for claim checks and dead letters",
             );
         }
+        problems.reads_secrets = of.sources;
         let mut ids = HashSet::new();
         for (i, s) in self.sources.iter().enumerate() {
             let at = format!("sources[{i}]");
-            if s.id.is_empty() || !ids.insert(s.id.clone()) {
-                problems.push(format!("{at}.id: empty or used twice"));
+            if !ids.insert(s.id.clone()) {
+                problems.push(format_args!("{at}.id"), "empty or used twice");
             }
-            match s.kind.as_str() {
-                "http" => {
-                    check_secret(
-                        format!("{at}.api_key"),
-                        &s.api_key,
-                        of.sources,
-                        &mut problems,
-                    );
-                    check_secret(
-                        format!("{at}.api_secret"),
-                        &s.api_secret,
-                        of.sources,
-                        &mut problems,
-                    );
-                }
-                "s3" => {
-                    if s.notification_queue.is_none() {
-                        problems.push(format!(
-                            "{at}.notification_queue: required for an s3 source"
-                        ));
-                    }
-                }
-                other => problems.push(format!(
-                    "{at}.kind: {other:?} is neither \"http\" nor \"s3\""
-                )),
-            }
+            s.problems(&at, &mut problems);
         }
+        problems.reads_secrets = of.destinations;
         let mut destination_ids = HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let at = format!("destinations[{i}]");
-            if d.id.is_empty() || d.id.contains(['/', ',']) || !destination_ids.insert(d.id.clone())
-            {
-                problems.push(format!(
-                    "{at}.id: empty, used twice, or contains '/' or ','"
-                ));
+            if !destination_ids.insert(d.id.clone()) {
+                problems.push(
+                    format_args!("{at}.id"),
+                    "empty, used twice, or contains '/' or ','",
+                );
             }
-            match d.kind.as_str() {
-                "mparticle" => {
-                    match (&d.pod, &d.base_url) {
-                        (Some(pod), None) => {
-                            if delivery::mparticle::Pod::parse(pod).is_none() {
-                                problems.push(format!(
-                                    "{at}.pod: {pod:?} is not one of us1, us2, eu1, au1"
-                                ));
-                            }
-                        }
-                        (None, Some(_)) => {}
-                        _ => problems.push(format!("{at}: give exactly one of pod or base_url")),
-                    }
-                    let reads = of.destinations;
-                    check_secret(format!("{at}.api_key"), &d.api_key, reads, &mut problems);
-                    check_secret(
-                        format!("{at}.api_secret"),
-                        &d.api_secret,
-                        reads,
-                        &mut problems,
-                    );
-                }
-                "webhook" => {
-                    if d.url.is_none() {
-                        problems.push(format!("{at}.url: required for a webhook"));
-                    }
-                    if d.authorization.is_some() {
-                        check_secret(
-                            format!("{at}.authorization"),
-                            &d.authorization,
-                            of.destinations,
-                            &mut problems,
-                        );
-                    }
-                }
-                "s3" => {
-                    if d.bucket.is_none() {
-                        problems.push(format!("{at}.bucket: required for an s3 destination"));
-                    }
-                }
-                "file" => {}
-                other => problems.push(format!(
-                    "{at}.kind: {other:?} is not one of mparticle, s3, webhook, file"
-                )),
-            }
-        }
-        // The transform waits this long for delivery's answer; an attempt that may take longer
-        // is given up on while it may still succeed, and sent again: a duplicate.
-        let deadline = crate::stages::DELIVER_DEADLINE;
-        for (i, d) in self.destinations.iter().enumerate() {
-            // A request may start as late as the attempt's end, and then take its own timeout.
-            let ms = |set: Option<u64>, default: std::time::Duration| {
-                set.unwrap_or(default.as_millis() as u64)
-            };
-            let attempt = ms(d.attempt_timeout_ms, delivery::DEFAULT_ATTEMPT_TIMEOUT);
-            let request = ms(d.request_timeout_ms, delivery::DEFAULT_REQUEST_TIMEOUT);
-            let longest = std::time::Duration::from_millis(attempt.saturating_add(request));
-            if longest + ANSWER_MARGIN > deadline {
-                problems.push(format!(
-                    "destinations[{i}]: attempt_timeout_ms ({attempt}) plus request_timeout_ms \
-                     ({request}) must leave {} s of the transform's {} s wait for delivery's answer",
-                    ANSWER_MARGIN.as_secs(),
-                    deadline.as_secs()
-                ));
+            d.problems(&at, &mut problems);
+            // The transform waits this long for delivery's answer; an attempt that may take
+            // longer is given up on while it may still succeed, and sent again: a duplicate.
+            let deadline = crate::stages::DELIVER_DEADLINE;
+            if d.longest_attempt() + ANSWER_MARGIN > deadline {
+                problems.push(
+                    &at,
+                    format_args!(
+                        "attempt_timeout_ms ({}) plus request_timeout_ms ({}) must leave {} s \
+                         of the transform's {} s wait for delivery's answer",
+                        d.attempt_timeout().as_millis(),
+                        d.request_timeout().as_millis(),
+                        ANSWER_MARGIN.as_secs(),
+                        deadline.as_secs()
+                    ),
+                );
             }
         }
         for (i, c) in self.connections.iter().enumerate() {
             let at = format!("connections[{i}]");
             if self.source(&c.source).is_none() {
-                problems.push(format!("{at}.source: no source {:?}", c.source));
+                problems.line(format!("{at}.source: no source {:?}", c.source));
             }
             if c.destinations.is_empty() {
-                problems.push(format!("{at}.destinations: none"));
+                problems.line(format!("{at}.destinations: none"));
             }
             for (j, d) in c.destinations.iter().enumerate() {
                 if !self.destinations.iter().any(|x| &x.id == d) {
-                    problems.push(format!("{at}.destinations[{j}]: no destination {d:?}"));
+                    problems.line(format!("{at}.destinations[{j}]: no destination {d:?}"));
                 }
             }
-            match c.rules.to_rules() {
-                Ok(rules) => {
-                    if let Err(found) = rules.validate() {
-                        problems.extend(found.into_iter().map(|p| format!("{at}.rules: {p}")));
-                    }
-                }
-                Err(p) => problems.push(format!("{at}.rules.{p}")),
+            if let Err(found) = c.rules.validate() {
+                problems.extend(found.into_iter().map(|p| format!("{at}.rules: {p}")));
             }
         }
         for name in self.delivery.peers.iter().flat_map(|p| p.split(',')) {
             let port = name.trim().rsplit_once(':').map(|(_, p)| p.parse::<u16>());
             if !matches!(port, Some(Ok(_))) {
-                problems.push(format!("delivery.peers: {name:?} is not host:port"));
+                problems.line(format!("delivery.peers: {name:?} is not host:port"));
             }
         }
         if let Some(format) = &self.telemetry.log_format
             && !matches!(format.as_str(), "auto" | "text" | "json")
         {
-            problems.push(format!(
+            problems.line(format!(
                 "telemetry.log_format: {format:?} is not auto, text or json"
             ));
         }
-        problems
-    }
-}
-
-impl RulesConfig {
-    pub fn to_rules(&self) -> Result<transform::Rules, String> {
-        let set_environment = match &self.set_environment {
-            None => None,
-            Some(name) => Some(schema::json::environment_from_name(name).ok_or_else(|| {
-                format!("set_environment: {name:?} is not an mParticle environment")
-            })?),
-        };
-        Ok(transform::Rules {
-            allow_event_types: self.allow_event_types.clone(),
-            deny_event_types: self.deny_event_types.clone(),
-            allow_event_names: self.allow_event_names.clone(),
-            deny_event_names: self.deny_event_names.clone(),
-            rename_attributes: self.rename_attributes.clone(),
-            drop_attributes: self.drop_attributes.clone(),
-            rename_user_attributes: self.rename_user_attributes.clone(),
-            drop_user_attributes: self.drop_user_attributes.clone(),
-            hash_identities: self.hash_identities,
-            set_environment,
-        })
+        problems.into_vec()
     }
 }
 
@@ -951,11 +666,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.sources[0].api_key,
-            Some(SecretConfig::File {
+            c.sources[0].secrets(),
+            [&SecretConfig::File {
                 path: "k".into(),
                 generate: true
-            })
+            }]
         );
     }
 

@@ -286,13 +286,14 @@ fn print_welcome(shared: &Shared, addr: std::net::SocketAddr) {
     let config = &shared.config;
     println!("mpconnect all: listening on http://{addr}");
     println!("  Events API:  POST http://{addr}/v2/events  and  /v2/bulkevents");
-    for source in config.sources.iter().filter(|s| s.kind == "http") {
-        println!("  webhook:     POST http://{addr}/webhook/{}", source.id);
-        let generated = |s: &Option<config::SecretConfig>| {
-            matches!(s, Some(config::SecretConfig::File { generate: true, .. }))
+    for source in &config.sources {
+        let ingest::SourceKind::Http(http) = &source.kind else {
+            continue;
         };
+        println!("  webhook:     POST http://{addr}/webhook/{}", source.id);
+        let generated = |s: &Option<config::SecretConfig>| s.as_ref().is_some_and(|s| s.is_generated());
         // Only generated local credentials are printed: configured ones stay secret.
-        if generated(&source.api_key) && generated(&source.api_secret) {
+        if generated(&http.api_key) && generated(&http.api_secret) {
             let read = |s: &Option<config::SecretConfig>| {
                 s.as_ref()
                     .and_then(|s| s.source(&config.data_dir).load().ok())
@@ -302,21 +303,21 @@ fn print_welcome(shared: &Shared, addr: std::net::SocketAddr) {
             println!(
                 "  source {:<12} API key {}  API secret {}",
                 source.id,
-                read(&source.api_key),
-                read(&source.api_secret)
+                read(&http.api_key),
+                read(&http.api_secret)
             );
         } else {
             println!("  source {:<12} (credentials as configured)", source.id);
         }
     }
     for d in &config.destinations {
-        match d.kind.as_str() {
-            "file" => println!(
+        match &d.kind {
+            delivery::DestinationKind::File(file) => println!(
                 "  destination {:<7} events land in {}",
                 d.id,
-                stages::file_destination_dir(shared, d).display()
+                file.dir(&config.data_dir).display()
             ),
-            kind => println!("  destination {:<7} ({kind})", d.id),
+            kind => println!("  destination {:<7} ({})", d.id, kind.name()),
         }
     }
     println!("  metrics:     http://{addr}/metrics");

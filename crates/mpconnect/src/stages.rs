@@ -1,18 +1,12 @@
 //! Builds each stage from the configuration, and runs them: one per process, or all in one.
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use delivery::file::{FileDriver, FileSettings};
-use delivery::limit::{LimitSettings, Peers};
-use delivery::mparticle::{MparticleDriver, MparticleSettings, Pod};
-use delivery::s3::{S3Driver, S3ExportSettings};
-use delivery::webhook::{WebhookDriver, WebhookSettings};
-use delivery::{DeadLetters, Delivery, Destination, DestinationSettings, Driver};
-use ingest::s3::{S3Source, S3SourceSettings};
-use ingest::{HttpSource, Ingest, IngestSettings};
+use anyhow::Context;
+use delivery::limit::Peers;
+use delivery::{BuildContext, DeadLetters, Delivery, Destination};
+use ingest::s3::S3Source;
+use ingest::{Ingest, IngestSettings, SourceKind};
 use runtime::aws::{AwsSettings, s3_client, sdk_config, sqs_client};
 use runtime::queue::{
     EmbeddedDb, EmbeddedSync, SqsQueue, SqsSettings, embedded_stage_queue, local_data,
@@ -20,9 +14,9 @@ use runtime::queue::{
 };
 use runtime::store::S3Store;
 use runtime::{AnyQueue, AnyStore, StageQueue};
-use transform::{Connection, DeliveryClient, Transform, TransformSettings};
+use transform::{DeliveryClient, Transform, TransformSettings};
 
-use crate::config::{Config, DestinationConfig, SecretConfig};
+use crate::config::Config;
 
 /// Where dead letters live in the object store.
 pub const DEAD_LETTER_PREFIX: &str = "dead-letters/";
@@ -44,7 +38,7 @@ impl Shared {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
         for source in &config.sources {
-            for secret in [&source.api_key, &source.api_secret].into_iter().flatten() {
+            for secret in source.secrets() {
                 secret
                     .ensure(&config.data_dir, 32)
                     .context("creating a generated credential")?;
@@ -52,8 +46,8 @@ impl Shared {
         }
         let needs_aws = config.queues.backend == "sqs"
             || config.store.backend.as_deref() == Some("s3")
-            || config.sources.iter().any(|s| s.kind == "s3")
-            || config.destinations.iter().any(|d| d.kind == "s3");
+            || (config.sources.iter()).any(|s| matches!(s.kind, SourceKind::S3(_)))
+            || config.destinations.iter().any(|d| d.needs_aws());
         let aws = if needs_aws {
             Some(sdk_config(&aws_settings(&config)).await)
         } else {
@@ -144,13 +138,6 @@ impl Shared {
     pub fn dead_letters(&self) -> DeadLetters {
         DeadLetters::new(self.store.clone(), DEAD_LETTER_PREFIX)
     }
-
-    pub fn retry_queue_name(destination: &DestinationConfig) -> String {
-        destination
-            .retry_queue
-            .clone()
-            .unwrap_or_else(|| format!("retry-{}", destination.id))
-    }
 }
 
 /// What a queue is for, which decides the SQS settings that are safe for it.
@@ -202,17 +189,6 @@ pub fn aws_settings(config: &Config) -> AwsSettings {
     }
 }
 
-fn secret(
-    shared: &Shared,
-    value: &Option<SecretConfig>,
-    what: &str,
-) -> anyhow::Result<runtime::SecretSource> {
-    Ok(value
-        .as_ref()
-        .with_context(|| format!("{what} is required"))?
-        .source(&shared.config.data_dir))
-}
-
 /// The ingest stage: the HTTP sources behind one router, and one reader per S3 source.
 pub struct IngestStage {
     pub http: Ingest,
@@ -227,34 +203,27 @@ pub async fn ingest(shared: &Shared) -> anyhow::Result<IngestStage> {
     };
     let mut s3 = Vec::new();
     for source in &shared.config.sources {
-        match source.kind.as_str() {
-            "http" => settings.sources.push(HttpSource {
-                id: source.id.clone(),
-                api_key: secret(shared, &source.api_key, "api_key")?.load()?,
-                api_secret: secret(shared, &source.api_secret, "api_secret")?.load()?,
-            }),
-            "s3" => {
-                let notifications = source
-                    .notification_queue
-                    .as_deref()
-                    .context("notification_queue is required")?;
+        let at = || format!("source {}", source.id);
+        match &source.kind {
+            SourceKind::Http(http) => settings.sources.push(
+                http.build(&source.id, &shared.config.data_dir)
+                    .with_context(at)?,
+            ),
+            SourceKind::S3(config) => {
+                let notifications = (config.notification_queue.as_deref())
+                    .with_context(|| format!("{}: notification_queue is required", at()))?;
                 let sqs =
                     SqsQueue::connect(sqs_client(shared.aws()?), SqsSettings::new(notifications))
-                        .await?;
-                let settings = S3SourceSettings {
-                    source_id: source.id.clone(),
-                    concurrency: source.concurrency.unwrap_or(4),
-                    ..S3SourceSettings::default()
-                };
+                        .await
+                        .with_context(at)?;
                 s3.push(S3Source::new(
-                    settings,
+                    config.settings(&source.id),
                     shared.s3()?,
                     AnyQueue::Sqs(sqs),
                     queue.clone(),
                     Some(dead_letter.clone()),
                 ));
             }
-            other => bail!("unknown source kind {other}"),
         }
     }
     Ok(IngestStage {
@@ -265,18 +234,9 @@ pub async fn ingest(shared: &Shared) -> anyhow::Result<IngestStage> {
 
 pub async fn transform(shared: &Shared, client: DeliveryClient) -> anyhow::Result<Transform> {
     let (queue, dead_letter) = shared.ingest_queues().await?;
-    let mut connections = Vec::new();
-    for c in &shared.config.connections {
-        connections.push(Connection {
-            id: c.id.clone(),
-            source: c.source.clone(),
-            destinations: c.destinations.clone(),
-            rules: c.rules.to_rules().map_err(anyhow::Error::msg)?,
-        });
-    }
     let dedupe = &shared.config.transform.dedupe;
     let settings = TransformSettings {
-        connections,
+        connections: shared.config.connections.clone(),
         pollers: shared.config.transform.pollers.max(1),
         dedupe: transform::DedupeSettings {
             window: Duration::from_secs(dedupe.window_secs),
@@ -364,119 +324,21 @@ pub fn delivery_client(endpoint: &str) -> anyhow::Result<DeliveryClient> {
     ))
 }
 
-/// The HTTP destinations' shared settings: at most this many requests at once, each within
-/// this long.
-fn http_overrides(
-    d: &DestinationConfig,
-    limit: &mut LimitSettings,
-    request_timeout: &mut Duration,
-) {
-    if let Some(max) = d.max_concurrency {
-        limit.max_concurrency = max.max(1);
-    }
-    if let Some(timeout) = millis(d.request_timeout_ms) {
-        *request_timeout = timeout;
-    }
-}
-
-fn millis(value: Option<u64>) -> Option<Duration> {
-    value.map(Duration::from_millis)
-}
-
-fn driver(shared: &Shared, d: &DestinationConfig) -> anyhow::Result<Arc<dyn Driver>> {
-    let data_dir = &shared.config.data_dir;
-    Ok(match d.kind.as_str() {
-        "mparticle" => {
-            let base = match (&d.pod, &d.base_url) {
-                (Some(pod), _) => Pod::parse(pod)
-                    .context("unknown pod")?
-                    .base_url()
-                    .to_owned(),
-                (None, Some(url)) => url.clone(),
-                (None, None) => bail!("pod or base_url is required"),
-            };
-            let mut settings = MparticleSettings::new(
-                base,
-                secret(shared, &d.api_key, "api_key")?,
-                secret(shared, &d.api_secret, "api_secret")?,
-            );
-            if let Some(rate) = d.rate_limit {
-                settings.limit.rate = (rate > 0.0).then_some(rate);
-            }
-            settings.limit.peers = shared.peers.clone();
-            http_overrides(d, &mut settings.limit, &mut settings.request_timeout);
-            Arc::new(MparticleDriver::new(&d.id, settings)?)
-        }
-        "webhook" => {
-            let mut settings = WebhookSettings::new(d.url.clone().context("url is required")?);
-            settings.authorization = d.authorization.as_ref().map(|a| a.source(data_dir));
-            settings.limit.peers = shared.peers.clone();
-            http_overrides(d, &mut settings.limit, &mut settings.request_timeout);
-            Arc::new(WebhookDriver::new(&d.id, settings)?)
-        }
-        "s3" => {
-            let bucket = d.bucket.clone().context("bucket is required")?;
-            let store = AnyStore::S3(S3Store::new(shared.s3()?, bucket));
-            let mut settings = S3ExportSettings {
-                folder: d.folder.clone(),
-                date_folders: d.date_folders.unwrap_or(false),
-                gzip: d.gzip.unwrap_or(false),
-                ..S3ExportSettings::default()
-            };
-            if let Some(app) = &d.app_name {
-                settings.app_name = app.clone();
-            }
-            if let Some(max) = d.max_file_bytes {
-                settings.max_bytes = max as usize;
-            }
-            if let Some(age) = millis(d.max_file_age_ms) {
-                settings.max_age = age;
-            }
-            Arc::new(S3Driver::new(store, settings))
-        }
-        "file" => {
-            let mut settings = FileSettings::new(file_destination_dir(shared, d));
-            if let Some(app) = &d.app_name {
-                settings.app_name = app.clone();
-            }
-            if let Some(max) = d.max_file_bytes {
-                settings.max_bytes = max;
-            }
-            if let Some(age) = millis(d.max_file_age_ms) {
-                settings.max_age = age;
-            }
-            Arc::new(FileDriver::new(settings)?)
-        }
-        other => bail!("unknown destination kind {other}"),
-    })
-}
-
-pub fn file_destination_dir(shared: &Shared, d: &DestinationConfig) -> PathBuf {
-    shared
-        .config
-        .data_dir
-        .join(d.path.clone().unwrap_or_else(|| PathBuf::from("events")))
-}
-
 pub async fn delivery(shared: &Shared) -> anyhow::Result<Delivery> {
+    let context = BuildContext {
+        data_dir: &shared.config.data_dir,
+        peers: shared.peers.clone(),
+        s3: shared.s3().ok(),
+    };
     let mut destinations = Vec::new();
     for d in &shared.config.destinations {
-        let mut settings = DestinationSettings::new(&d.id);
-        if let Some(secs) = d.retry_window_secs {
-            settings.retry.window = Duration::from_secs(secs);
-        }
-        if let Some(probe) = millis(d.probe_interval_ms) {
-            settings.retry.probe_interval = probe;
-        }
-        if let Some(timeout) = millis(d.attempt_timeout_ms) {
-            settings.attempt_timeout = timeout;
-        }
-        let driver = driver(shared, d).with_context(|| format!("destination {}", d.id))?;
+        let settings = d.settings();
+        let driver = (d.driver(&context)).with_context(|| format!("destination {}", d.id))?;
         let role = QueueRole::Retry {
             window: settings.retry.window,
         };
         let queue = shared
-            .queue(&Shared::retry_queue_name(d), None, role)
+            .queue(&d.retry_queue_name(), None, role)
             .await
             .with_context(|| format!("destination {}", d.id))?;
         destinations.push(Destination::new(

@@ -1,34 +1,44 @@
-//! The stages together: ingest → queue → transform → gRPC → a delivery peer, over both queue
-//! backends (the embedded queue, and SQS on moto).
+//! The stages together, wired as the binary wires them (`mpconnect::stages` from a
+//! configuration): ingest → queue → transform → gRPC → a delivery peer, over both queue
+//! backends (the embedded queue, and SQS and S3 on moto).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runtime::queue::{
-    EmbeddedSync, SqsQueue, SqsSettings, embedded_stage_queue, local_data, sqs_stage_queue,
-};
-use runtime::store::LocalStore;
-use runtime::{AnyStore, Queue, ReceiveOptions, StageQueue};
+use mpconnect::config::{SecretsOf, parse};
+use mpconnect::stages::{self, Shared};
+use runtime::Queue;
+use transform::DeliveryClient;
 use transform::testing::Peer;
-use transform::{Connection, DeliveryClient, Rules, Transform, TransformSettings};
 
-fn settings() -> TransformSettings {
-    TransformSettings {
-        connections: vec![Connection {
-            id: "web-to-mp".into(),
-            source: "web".into(),
-            destinations: vec!["mparticle".into()],
-            rules: Rules::default(),
-        }],
-        receive: ReceiveOptions {
-            max_messages: 10,
-            wait: Duration::from_millis(200),
-            visibility: Duration::from_secs(10),
-        },
-        retry_min: Duration::from_millis(200),
-        retry_max: Duration::from_secs(1),
-        ..TransformSettings::default()
-    }
+/// A configuration with one HTTP source, connected to a destination `mparticle` (played by a
+/// delivery peer), over the queues that `queues` (a TOML fragment) names.
+async fn shared(data_dir: &std::path::Path, queues: &str) -> Shared {
+    let text = format!(
+        r#"
+        data_dir = {data_dir:?}
+        {queues}
+        [[sources]]
+        id = "web"
+        kind = "http"
+        api_key = "k"
+        api_secret = "s"
+        [[destinations]]
+        id = "mparticle"
+        kind = "file"
+        [[connections]]
+        id = "web-to-mp"
+        source = "web"
+        destinations = ["mparticle"]
+        [transform]
+        pollers = 2
+        "#,
+        data_dir = data_dir.display().to_string()
+    );
+    let (config, mut problems) = parse(&text, []).unwrap();
+    problems.extend(config.problems_for(SecretsOf::ALL));
+    assert!(problems.is_empty(), "{problems:#?}");
+    Shared::new(config).await.unwrap()
 }
 
 fn batch_json(request_id: &str, events: &str) -> String {
@@ -43,7 +53,7 @@ fn custom(name: &str, message_id: &str) -> String {
     )
 }
 
-async fn end_to_end(queue: StageQueue, dead_letter: StageQueue) {
+async fn end_to_end(shared: &Shared) {
     let peer = Peer::start().await;
     let addrs = Arc::new(Mutex::new(vec![peer.addr]));
     let resolve: transform::Resolve = Arc::new(move || {
@@ -52,8 +62,7 @@ async fn end_to_end(queue: StageQueue, dead_letter: StageQueue) {
     });
     let client =
         DeliveryClient::balanced(resolve, Duration::from_millis(200), Duration::from_secs(5));
-    let transform =
-        Transform::new(settings(), queue.clone(), Some(dead_letter.clone()), client).unwrap();
+    let transform = stages::transform(shared, client).await.unwrap();
     let (stop_transform, transform_stopped) = tokio::sync::oneshot::channel::<()>();
     let t = transform.clone();
     let running = tokio::spawn(async move {
@@ -65,15 +74,7 @@ async fn end_to_end(queue: StageQueue, dead_letter: StageQueue) {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let ingest_settings = ingest::IngestSettings {
-        sources: vec![ingest::HttpSource {
-            id: "web".into(),
-            api_key: runtime::Secret::new("k"),
-            api_secret: runtime::Secret::new("s"),
-        }],
-        ..Default::default()
-    };
-    let ingest = ingest::Ingest::new(ingest_settings, queue, Some(dead_letter));
+    let ingest = stages::ingest(shared).await.unwrap().http;
     let (stop_ingest, ingest_stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(async move {
         ingest
@@ -140,10 +141,9 @@ async fn end_to_end(queue: StageQueue, dead_letter: StageQueue) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_over_the_embedded_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, store) = local_data(dir.path(), EmbeddedSync::Normal).unwrap();
-    let queue = embedded_stage_queue(&db, "ingest", &store);
-    let dead_letter = embedded_stage_queue(&db, "ingest-dlq", &store);
-    end_to_end(queue.clone(), dead_letter).await;
+    let shared = shared(dir.path(), "").await;
+    end_to_end(&shared).await;
+    let (queue, _) = shared.ingest_queues().await.unwrap();
     let depth = queue.depth().await.unwrap();
     assert_eq!(
         (depth.visible, depth.in_flight),
@@ -152,34 +152,34 @@ async fn end_to_end_over_the_embedded_queue() {
     );
 }
 
-async fn sqs_queues() -> (StageQueue, StageQueue, tempfile::TempDir) {
-    let (sqs, _) = runtime::testing::moto_clients().await;
-    let name = runtime::testing::unique("ingest");
-    sqs.create_queue().queue_name(&name).send().await.unwrap();
-    sqs.create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = AnyStore::Local(LocalStore::new(dir.path()));
-    let queue = SqsQueue::connect(sqs.clone(), SqsSettings::new(&name))
-        .await
-        .unwrap();
-    let dlq = SqsQueue::connect(sqs, SqsSettings::new(format!("{name}-dlq")))
-        .await
-        .unwrap();
-    (
-        sqs_stage_queue(queue, &store),
-        sqs_stage_queue(dlq, &store),
-        dir,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_over_sqs() {
-    let (queue, dlq, _dir) = sqs_queues().await;
-    end_to_end(queue.clone(), dlq).await;
+    let (sqs, s3) = runtime::testing::moto_clients().await;
+    let name = runtime::testing::unique("ingest");
+    for queue in [name.clone(), format!("{name}-dlq")] {
+        sqs.create_queue().queue_name(queue).send().await.unwrap();
+    }
+    let bucket = runtime::testing::unique("claims");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let queues = format!(
+        r#"
+        [queues]
+        backend = "sqs"
+        ingest = "{name}"
+        ingest_dead_letter = "{name}-dlq"
+        [store]
+        backend = "s3"
+        bucket = "{bucket}"
+        [aws]
+        region = "us-east-1"
+        endpoint_url = "{}"
+        "#,
+        runtime::testing::moto_endpoint()
+    );
+    let shared = shared(dir.path(), &queues).await;
+    end_to_end(&shared).await;
+    let (queue, _) = shared.ingest_queues().await.unwrap();
     let depth = queue.depth().await.unwrap();
     assert_eq!(
         (depth.visible, depth.in_flight),

@@ -3,6 +3,7 @@
 //! checks for bodies too large for a queue message, and the AWS client settings.
 
 pub mod aws;
+pub mod config;
 pub mod envelope;
 pub mod guard;
 pub mod queue;
@@ -18,6 +19,7 @@ pub use queue::{
     AnyQueue, Attributes, ClaimChecked, Depth, Message, Queue, QueueError, Receipt, ReceiveOptions,
     Received,
 };
+pub use config::SecretConfig;
 pub use secret::{Secret, SecretSource};
 pub use store::{AnyStore, ObjectInfo, ObjectStore, StoreError};
 

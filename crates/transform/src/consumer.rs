@@ -19,12 +19,13 @@ use crate::client::{DeliveryClient, DeliveryError};
 use crate::dedupe::{DedupeSettings, DedupeWindow, Key, Tier};
 use crate::rules::Rules;
 
-/// Joins one source to one or more destinations, through rules.
-#[derive(Debug, Clone)]
+/// Joins one source to one or more destinations, through rules: a `[[connections]]` entry.
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct Connection {
     pub id: String,
     pub source: String,
     pub destinations: Vec<String>,
+    #[serde(default)]
     pub rules: Rules,
 }
 

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use schema::v1::{Batch, Environment, Event, UserIdentity, event};
 use sha2::Digest;
 
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Read from a connection's `[connections.rules]` as they are: unknown keys are reported by
+/// whoever reads the file, and [`Rules::validate`] names every wrong value.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(default)]
 pub struct Rules {
     /// Only these event types (empty: all).
     pub allow_event_types: Vec<String>,
@@ -23,8 +26,19 @@ pub struct Rules {
     /// Replace every user identity by the SHA-256 (hex) of its normalised value: trimmed, and
     /// lower-cased for e-mail addresses.
     pub hash_identities: bool,
-    /// Set or override the batch's environment.
+    /// Set or override the batch's environment (`production` or `development`; another name
+    /// reads as unspecified, which `validate` refuses).
+    #[serde(deserialize_with = "environment_by_name")]
     pub set_environment: Option<Environment>,
+}
+
+fn environment_by_name<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Environment>, D::Error> {
+    let name: Option<String> = serde::Deserialize::deserialize(d)?;
+    Ok(name.map(|name| {
+        schema::json::environment_from_name(&name).unwrap_or(Environment::Unspecified)
+    }))
 }
 
 /// What applying the rules did to one batch.

@@ -5,5 +5,5 @@
 pub mod config;
 pub mod sink;
 
-pub use config::FileSettings;
+pub use config::{FileConfig, FileSettings};
 pub use sink::FileDriver;

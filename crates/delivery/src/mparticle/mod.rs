@@ -6,6 +6,6 @@ pub mod config;
 pub mod request_builder;
 pub mod service;
 
-pub use config::{MparticleSettings, Pod};
+pub use config::{MparticleConfig, MparticleSettings, Pod};
 pub use request_builder::{Limits, PackError, Part, Request, pack};
 pub use service::MparticleDriver;

@@ -5,5 +5,5 @@
 pub mod config;
 pub mod sink;
 
-pub use config::S3ExportSettings;
+pub use config::{S3Config, S3ExportSettings};
 pub use sink::S3Driver;

@@ -4,5 +4,5 @@
 pub mod config;
 pub mod service;
 
-pub use config::WebhookSettings;
+pub use config::{WebhookConfig, WebhookSettings};
 pub use service::WebhookDriver;

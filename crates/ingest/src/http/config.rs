@@ -1,9 +1,13 @@
 //! Settings of the HTTP source.
 
+use std::path::Path;
 use std::time::Duration;
 
 use runtime::Secret;
+use runtime::config::{Problems, SecretConfig};
 use schema::limits;
+
+use crate::config::SourceBuildError;
 
 /// One source: who may send, and under what name their data travels.
 #[derive(Debug, Clone)]
@@ -62,5 +66,33 @@ impl Default for IngestSettings {
             backlog_refresh: Duration::from_millis(500),
             max_in_flight: 16,
         }
+    }
+}
+
+/// An `http` source as configured.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct HttpSourceConfig {
+    /// What senders use: HTTP Basic (and the webhook's `Authorization`).
+    pub api_key: Option<SecretConfig>,
+    pub api_secret: Option<SecretConfig>,
+}
+
+impl HttpSourceConfig {
+    pub fn problems(&self, at: &str, problems: &mut Problems) {
+        problems.required_secret(format_args!("{at}.api_key"), &self.api_key);
+        problems.required_secret(format_args!("{at}.api_secret"), &self.api_secret);
+    }
+
+    /// The source with its credentials read.
+    pub fn build(&self, id: &str, data_dir: &Path) -> Result<HttpSource, SourceBuildError> {
+        let read = |value: &Option<SecretConfig>, name| -> Result<Secret, SourceBuildError> {
+            let secret = value.as_ref().ok_or(SourceBuildError::Missing(name))?;
+            Ok(secret.source(data_dir).load()?)
+        };
+        Ok(HttpSource {
+            id: id.to_owned(),
+            api_key: read(&self.api_key, "api_key")?,
+            api_secret: read(&self.api_secret, "api_secret")?,
+        })
     }
 }

@@ -18,7 +18,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use runtime::{Queue, StageQueue};
 
-pub use config::{DEFAULT_MAX_BACKLOG, HttpSource, IngestSettings};
+pub use config::{DEFAULT_MAX_BACKLOG, HttpSource, HttpSourceConfig, IngestSettings};
 pub use error::ApiError;
 
 /// Decodes and validates one batch (either dialect), as mParticle would. Errors are

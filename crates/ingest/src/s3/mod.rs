@@ -10,6 +10,7 @@
 //! stable id from bucket, key, ETag and line, by which the transform drops the repeat.
 
 mod backfill;
+mod config;
 pub mod notification;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use sha2::Digest;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 pub use backfill::{BackfillProgress, BackfillSummary, backfill};
+pub use config::S3SourceConfig;
 pub use notification::{Notification, ObjectRef, is_verification_file};
 
 #[derive(Debug, Clone)]
