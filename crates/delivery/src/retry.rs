@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use prost::Message as _;
-use runtime::envelope::{attr, content_type};
+use runtime::envelope::ParkedEnvelope;
 use runtime::{Message, Received};
 use schema::v1::RoutedBatch;
 
@@ -58,14 +58,13 @@ pub fn parked_message(
     attempts: u32,
     delay: Duration,
 ) -> Message {
-    let mut message = Message::new(batch.encode_to_vec())
-        .with_attribute(attr::CONTENT_TYPE, content_type::ROUTED_BATCH)
-        .with_attribute(attr::DESTINATION, destination)
-        .with_attribute(attr::FIRST_ATTEMPT_AT, first_attempt_ms.to_string())
-        .with_attribute(attr::ATTEMPTS, attempts.to_string());
-    if !batch.traceparent.is_empty() {
-        message = message.with_attribute(attr::TRACEPARENT, batch.traceparent.clone());
-    }
+    let envelope = ParkedEnvelope {
+        destination: destination.to_owned(),
+        first_attempt_at_ms: Some(first_attempt_ms),
+        attempts,
+        traceparent: Some(batch.traceparent.clone()),
+    };
+    let mut message = envelope.to_message(batch.encode_to_vec());
     message.delay = delay;
     message
 }
@@ -89,16 +88,11 @@ pub fn parked_from(received: &Received) -> Result<Parked, String> {
     if batch.batch.is_none() {
         return Err("it holds no batch".into());
     }
-    let attribute = |key: &str| received.attributes.get(key).map(String::as_str);
-    let before: u32 = attribute(attr::ATTEMPTS)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let envelope = ParkedEnvelope::from_attributes(&received.attributes);
     Ok(Parked {
         batch,
-        first_attempt_ms: attribute(attr::FIRST_ATTEMPT_AT)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(received.sent_at_ms),
-        attempts: before.saturating_add(received.receive_count),
+        first_attempt_ms: envelope.first_attempt_at_ms.unwrap_or(received.sent_at_ms),
+        attempts: envelope.attempts.saturating_add(received.receive_count),
     })
 }
 
@@ -129,7 +123,7 @@ mod tests {
         assert!(parked_from(&received(Vec::new())).is_err());
         let mut gone = received(Vec::new());
         gone.attributes
-            .insert(attr::CLAIM_CHECK.into(), "claims/gone".into());
+            .insert(runtime::envelope::attr::CLAIM_CHECK.into(), "claims/gone".into());
         let why = parked_from(&gone).err().unwrap();
         assert!(why.contains("claims/gone is missing"), "{why}");
     }

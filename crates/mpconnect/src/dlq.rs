@@ -153,8 +153,7 @@ pub async fn redrive_ingest(queue: &StageQueue, dead_letter: &StageQueue) -> any
         let messages = received
             .iter()
             .map(|m| {
-                let mut attributes = m.attributes.clone();
-                attributes.remove(runtime::envelope::attr::REJECTED_BECAUSE);
+                let (_, attributes) = runtime::envelope::rejection(m.attributes.clone());
                 Message {
                     body: m.body.clone(),
                     attributes,

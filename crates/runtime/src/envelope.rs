@@ -57,3 +57,285 @@ pub mod content_type {
 /// The transform's call to delivery (the gRPC method path), also the span name of the call on
 /// both sides (OpenTelemetry's RPC convention).
 pub const DELIVER_RPC: &str = "mpconnect.v1.DeliveryService/Deliver";
+
+/// The ids of a connection and one of its destinations: a route a message owes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    pub connection: String,
+    pub destination: String,
+}
+
+/// Why an id cannot name a connection or a destination, if it cannot: routes travel as
+/// `connection/destination` pairs, comma-separated (a format older transforms read too).
+pub fn route_id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() {
+        Some("empty")
+    } else if id.contains(['/', ',']) {
+        Some("contains '/' or ','")
+    } else {
+        None
+    }
+}
+
+/// A numeric attribute; one that does not parse reads as absent.
+fn number<T: std::str::FromStr>(a: &crate::Attributes, key: &str) -> Option<T> {
+    a.get(key).and_then(|v| v.parse().ok())
+}
+
+fn encode_routes(routes: &[RouteKey]) -> String {
+    routes
+        .iter()
+        .map(|r| format!("{}/{}", r.connection, r.destination))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_routes(text: &str) -> Result<Vec<RouteKey>, EnvelopeError> {
+    text.split(',')
+        .map(|pair| {
+            let (connection, destination) = pair
+                .split_once('/')
+                .ok_or_else(|| EnvelopeError::Route(pair.to_owned()))?;
+            Ok(RouteKey {
+                connection: connection.to_owned(),
+                destination: destination.to_owned(),
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("a malformed route {0:?}")]
+    Route(String),
+}
+
+/// Where in mParticle's S3 output a batch came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Origin {
+    /// `s3://bucket/key`.
+    pub object: String,
+    /// The line, from 1.
+    pub line: u64,
+}
+
+/// One batch on the ingest queue, as its attributes say: what ingest and the S3 source write,
+/// and the transform reads (and writes again on the copy it re-queues, owing fewer routes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestEnvelope {
+    /// The source the data came from.
+    pub source: String,
+    /// The body's format: one of [`content_type`]; empty when not given.
+    pub content_type: String,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// When ingest accepted the batch (ms since the epoch).
+    pub received_at_ms: Option<i64>,
+    /// Which door it came in by: `events`, `bulkevents`, `historical`, `webhook`, `s3`.
+    pub endpoint: Option<String>,
+    /// From `/bulkevents/historical`: delivery must use that endpoint too.
+    pub historical: bool,
+    pub s3_origin: Option<S3Origin>,
+    /// The S3 source's stable id of the batch (bucket, key, ETag and line, hashed).
+    pub batch_id: Option<String>,
+    /// On the transform's re-queued copy: the routes still owed (`None`: every route of the
+    /// source's connections).
+    pub owed: Option<Vec<RouteKey>>,
+    /// Attempts made before this copy (on a re-queued copy).
+    pub attempts: u32,
+}
+
+impl IngestEnvelope {
+    /// The envelope of a batch from `source` whose body is `content_type`.
+    pub fn new(source: impl Into<String>, content_type: &str) -> Self {
+        IngestEnvelope {
+            source: source.into(),
+            content_type: content_type.to_owned(),
+            ..IngestEnvelope::default()
+        }
+    }
+
+    /// Whether the body is mParticle JSON (else an `mpconnect.v1.Batch` in protobuf).
+    pub fn is_json(&self) -> bool {
+        content_type::is_json(&self.content_type)
+    }
+
+    /// The queue message carrying `body` in this envelope.
+    pub fn to_message(&self, body: impl Into<bytes::Bytes>) -> crate::Message {
+        let mut message = crate::Message::new(body);
+        message.attributes = self.to_attributes();
+        message
+    }
+
+    pub fn to_attributes(&self) -> crate::Attributes {
+        let mut a = crate::Attributes::new();
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(value) = value.filter(|v| !v.is_empty()) {
+                a.insert(key.to_owned(), value);
+            }
+        };
+        put(attr::SOURCE, Some(self.source.clone()));
+        put(attr::CONTENT_TYPE, Some(self.content_type.clone()));
+        put(attr::TRACEPARENT, self.traceparent.clone());
+        put(attr::TRACESTATE, self.tracestate.clone());
+        put(attr::RECEIVED_AT, self.received_at_ms.map(|t| t.to_string()));
+        put(attr::ENDPOINT, self.endpoint.clone());
+        put(attr::HISTORICAL, self.historical.then(|| "true".to_owned()));
+        if let Some(origin) = &self.s3_origin {
+            put(attr::S3_OBJECT, Some(origin.object.clone()));
+            put(attr::S3_LINE, Some(origin.line.to_string()));
+        }
+        put(attr::BATCH_ID, self.batch_id.clone());
+        put(attr::ROUTE, self.owed.as_deref().map(encode_routes));
+        put(
+            attr::ATTEMPTS,
+            (self.attempts > 0).then(|| self.attempts.to_string()),
+        );
+        a
+    }
+
+    /// The envelope its attributes describe. Missing attributes read as absent; a route that
+    /// does not parse is an error (the copy owes something, and it cannot say what).
+    pub fn from_attributes(a: &crate::Attributes) -> Result<Self, EnvelopeError> {
+        let get = |key: &str| a.get(key).cloned();
+        Ok(IngestEnvelope {
+            source: get(attr::SOURCE).unwrap_or_default(),
+            content_type: get(attr::CONTENT_TYPE).unwrap_or_default(),
+            traceparent: get(attr::TRACEPARENT),
+            tracestate: get(attr::TRACESTATE),
+            received_at_ms: number(a, attr::RECEIVED_AT),
+            endpoint: get(attr::ENDPOINT),
+            historical: a.get(attr::HISTORICAL).is_some_and(|v| v == "true"),
+            s3_origin: get(attr::S3_OBJECT).map(|object| S3Origin {
+                object,
+                line: number(a, attr::S3_LINE).unwrap_or(0),
+            }),
+            batch_id: get(attr::BATCH_ID),
+            owed: a.get(attr::ROUTE).map(|r| decode_routes(r)).transpose()?,
+            attempts: number(a, attr::ATTEMPTS).unwrap_or(0),
+        })
+    }
+}
+
+/// Marks a message for a dead-letter queue with why it is there (at most 1,000 characters).
+pub fn rejected(mut message: crate::Message, because: &str) -> crate::Message {
+    let mut because = because.to_owned();
+    if let Some((cut, _)) = because.char_indices().nth(1000) {
+        because.truncate(cut);
+    }
+    message
+        .attributes
+        .insert(attr::REJECTED_BECAUSE.to_owned(), because);
+    message
+}
+
+/// Why a dead-lettered message was refused, and its attributes as they were before.
+pub fn rejection(mut attributes: crate::Attributes) -> (Option<String>, crate::Attributes) {
+    let because = attributes.remove(attr::REJECTED_BECAUSE);
+    (because, attributes)
+}
+
+/// A batch parked in a destination's retry queue, as its attributes say: what delivery writes
+/// when it parks a batch and reads when it tries it again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParkedEnvelope {
+    pub destination: String,
+    /// When delivery first tried it (ms since the epoch): the retry window runs from here.
+    pub first_attempt_at_ms: Option<i64>,
+    /// Attempts made before this copy.
+    pub attempts: u32,
+    pub traceparent: Option<String>,
+}
+
+impl ParkedEnvelope {
+    /// The queue message carrying `body` (an `mpconnect.v1.RoutedBatch`) in this envelope.
+    pub fn to_message(&self, body: impl Into<bytes::Bytes>) -> crate::Message {
+        let mut message = crate::Message::new(body)
+            .with_attribute(attr::CONTENT_TYPE, content_type::ROUTED_BATCH)
+            .with_attribute(attr::DESTINATION, self.destination.clone())
+            .with_attribute(attr::ATTEMPTS, self.attempts.to_string());
+        if let Some(at) = self.first_attempt_at_ms {
+            message = message.with_attribute(attr::FIRST_ATTEMPT_AT, at.to_string());
+        }
+        if let Some(traceparent) = self.traceparent.clone().filter(|t| !t.is_empty()) {
+            message = message.with_attribute(attr::TRACEPARENT, traceparent);
+        }
+        message
+    }
+
+    pub fn from_attributes(a: &crate::Attributes) -> Self {
+        ParkedEnvelope {
+            destination: a.get(attr::DESTINATION).cloned().unwrap_or_default(),
+            first_attempt_at_ms: number(a, attr::FIRST_ATTEMPT_AT),
+            attempts: number(a, attr::ATTEMPTS).unwrap_or(0),
+            traceparent: a.get(attr::TRACEPARENT).cloned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ingest_envelope_reads_back_as_written() {
+        let envelope = IngestEnvelope {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            received_at_ms: Some(1_700_000_000_000),
+            endpoint: Some("s3".into()),
+            historical: true,
+            s3_origin: Some(S3Origin {
+                object: "s3://b/k".into(),
+                line: 7,
+            }),
+            batch_id: Some("id".into()),
+            owed: Some(vec![
+                RouteKey {
+                    connection: "c".into(),
+                    destination: "mp".into(),
+                },
+                RouteKey {
+                    connection: "c".into(),
+                    destination: "s3".into(),
+                },
+            ]),
+            attempts: 3,
+            ..IngestEnvelope::new("web", content_type::BATCH)
+        };
+        let message = envelope.to_message(vec![1, 2]);
+        assert_eq!(message.attributes[attr::ROUTE], "c/mp,c/s3");
+        assert_eq!(IngestEnvelope::from_attributes(&message.attributes), Ok(envelope));
+        let plain = IngestEnvelope::new("web", content_type::JSON);
+        assert_eq!(plain.to_attributes().len(), 2, "absent fields write nothing");
+        assert!(plain.is_json());
+    }
+
+    #[test]
+    fn a_route_that_does_not_parse_is_an_error() {
+        let mut attributes = crate::Attributes::new();
+        attributes.insert(attr::ROUTE.into(), "c/mp,nonsense".into());
+        assert_eq!(
+            IngestEnvelope::from_attributes(&attributes),
+            Err(EnvelopeError::Route("nonsense".into()))
+        );
+        assert_eq!(route_id_problem("a/b"), Some("contains '/' or ','"));
+        assert_eq!(route_id_problem("mp"), None);
+    }
+
+    #[test]
+    fn a_parked_envelope_reads_back_as_written() {
+        let envelope = ParkedEnvelope {
+            destination: "mp".into(),
+            first_attempt_at_ms: Some(5),
+            attempts: 2,
+            traceparent: None,
+        };
+        let message = envelope.to_message(Vec::new());
+        assert_eq!(ParkedEnvelope::from_attributes(&message.attributes), envelope);
+        let long = "x".repeat(2000);
+        let kept = rejected(message, &long);
+        let (because, before) = rejection(kept.attributes);
+        assert_eq!(because.map(|b| b.len()), Some(1000));
+        assert!(!before.contains_key(attr::REJECTED_BECAUSE));
+    }
+}

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message as _;
-use runtime::envelope::{attr, content_type};
+use runtime::envelope::{self, IngestEnvelope, RouteKey};
+use runtime::queue::Heartbeat;
 use runtime::telemetry::{self, TraceContext};
 use runtime::{Message, Queue, QueueError, ReceiveOptions, Received, StageQueue};
 use schema::v1::{Batch, Outcome, RoutedBatch};
@@ -120,7 +121,8 @@ struct Inner {
     by_source: HashMap<String, Vec<usize>>,
 }
 
-/// One connection/destination pair a message owes.
+/// One connection/destination pair a message owes: the connection by its place in the
+/// settings, the destination by id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Route {
     connection: usize,
@@ -141,6 +143,48 @@ enum Answer {
     Failed(String),
 }
 
+/// One message of a round, from reading (plan) through delivery's answers (call) to its
+/// deletion or re-queued copy (settle).
+struct InRound {
+    message: Received,
+    envelope: IngestEnvelope,
+    /// The message's span, and the context its routed batches carry on (`None` when tracing
+    /// is off: they carry the envelope's).
+    span: tracing::Span,
+    trace: Option<TraceContext>,
+    /// Taken by the plan.
+    batch: Batch,
+    routes: Vec<RouteState>,
+}
+
+struct RouteState {
+    route: Route,
+    answer: Option<Answer>,
+    /// What marks this route delivered, remembered once it is answered.
+    keys: RouteKeys,
+}
+
+/// A routed batch's place in the round: its message and route.
+#[derive(Clone, Copy)]
+struct Slot {
+    message: usize,
+    route: usize,
+}
+
+/// One call to delivery: a destination's batches, the `n`th keyed `n` and from `slots[n]`.
+struct Call {
+    destination: String,
+    slots: Vec<Slot>,
+    batches: Vec<RoutedBatch>,
+}
+
+/// What one route of a message comes to before the call.
+enum Planned {
+    /// Nothing to send: a repeat, filtered out, or waiting for a copy in flight.
+    Settled(Answer),
+    Send(Box<RoutedBatch>, RouteKeys),
+}
+
 impl Transform {
     /// Checks the connections and their rules, all problems at once.
     pub fn new(
@@ -157,8 +201,8 @@ impl Transform {
             if !ids.insert(c.id.clone()) {
                 problems.push(format!("{at}: the id is used twice"));
             }
-            if c.id.contains(['/', ',']) {
-                problems.push(format!("{at}: an id may not contain '/' or ','"));
+            if let Some(why) = envelope::route_id_problem(&c.id) {
+                problems.push(format!("{at}: the id is {why}"));
             }
             if c.destinations.is_empty() {
                 problems.push(format!("{at}: no destinations"));
@@ -271,10 +315,32 @@ impl Transform {
         Ok(n)
     }
 
+    /// One round: read and plan every message, call each destination once, settle.
     async fn process(&self, messages: Vec<Received>) {
         let inner = &self.inner;
-        let stats = &inner.stats;
-        stats
+        self.count_received(&messages);
+        let receipts = messages.iter().map(|m| m.receipt.clone()).collect();
+        let visibility = inner.settings.receive.visibility;
+        let heartbeat = Heartbeat::start(&inner.queue, receipts, visibility, "ingest message");
+        let mut round = self.read(messages).await;
+        let mut reserved = Reservation {
+            in_flight: &inner.in_flight,
+            keys: Vec::new(),
+        };
+        let calls = self.plan(&mut round, &mut reserved);
+        self.call(&mut round, calls).await;
+        drop(heartbeat);
+        // What the destinations took is remembered (and written) first, before any settling:
+        // a crash sends again only what was answered in the moment before it.
+        self.remember(&mut round);
+        // Remembered: a copy waiting on these keys now finds them in the window.
+        drop(reserved);
+        self.settle(round).await;
+    }
+
+    fn count_received(&self, messages: &[Received]) {
+        self.inner
+            .stats
             .messages
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
         metrics::counter!("mpconnect_transform_messages_total", "outcome" => "received")
@@ -287,21 +353,36 @@ impl Transform {
             .unwrap_or(0);
         metrics::gauge!("mpconnect_queue_oldest_message_age_seconds", "queue" => "ingest")
             .set(oldest_ms.max(0) as f64 / 1000.0);
-        let heartbeat =
-            Heartbeat::start(&inner.queue, &messages, inner.settings.receive.visibility);
+    }
 
-        // Decode and route each message; what cannot be is dead-lettered.
-        let mut work: Vec<(Received, Batch, Vec<Route>)> = Vec::with_capacity(messages.len());
-        // Each message's span, and the context its routed batches carry to delivery.
-        let mut traces: Vec<(tracing::Span, Option<TraceContext>)> =
-            Vec::with_capacity(messages.len());
+    /// Decodes and routes each message; what cannot be is dead-lettered.
+    async fn read(&self, messages: Vec<Received>) -> Vec<InRound> {
+        let mut round = Vec::with_capacity(messages.len());
         for message in messages {
-            let (span, trace) = message_span(&message);
-            match self.route(&message) {
-                Ok((batch, routes)) => {
+            let envelope = IngestEnvelope::from_attributes(&message.attributes);
+            let (span, trace) = message_span(&message, envelope.as_ref().ok());
+            let read = envelope
+                .map_err(|e| e.to_string())
+                .and_then(|envelope| Ok((self.route(&message, &envelope)?, envelope)));
+            match read {
+                Ok(((batch, routes), envelope)) => {
                     span.record("events_in", batch.events.len() as i64);
-                    work.push((message, batch, routes));
-                    traces.push((span, trace));
+                    let routes = routes
+                        .into_iter()
+                        .map(|route| RouteState {
+                            route,
+                            answer: None,
+                            keys: RouteKeys::default(),
+                        })
+                        .collect();
+                    round.push(InRound {
+                        message,
+                        envelope,
+                        span,
+                        trace,
+                        batch,
+                        routes,
+                    });
                 }
                 Err(reason) => {
                     span.record("outcome", "dead_lettered");
@@ -311,38 +392,30 @@ impl Transform {
                 }
             }
         }
+        round
+    }
 
-        // Apply each connection's rules once, drop repeats per destination, group by destination.
-        let mut by_destination: BTreeMap<String, Vec<RoutedBatch>> = BTreeMap::new();
-        let mut answers: Vec<Vec<Option<Answer>>> = Vec::with_capacity(work.len());
-        let mut remember: Vec<Vec<(String, RouteKeys)>> = Vec::with_capacity(work.len());
+    /// Applies each connection's rules once per message, drops repeats per destination, and
+    /// groups what is left into one call per destination.
+    fn plan(&self, round: &mut [InRound], reserved: &mut Reservation) -> Vec<Call> {
+        let connections = &self.inner.settings.connections;
+        let mut calls: BTreeMap<String, Call> = BTreeMap::new();
         // Keys already routed in this round: a repeat inside one round is a repeat too.
         let mut in_round: HashSet<Key> = HashSet::new();
-        let mut reserved = Reservation {
-            in_flight: &inner.in_flight,
-            keys: Vec::new(),
-        };
-        let seen = |tier: Tier, key: &Key, in_round: &HashSet<Key>| {
-            in_round.contains(key) || inner.dedupe.contains(tier, key)
-        };
-        for (m, (message, batch, routes)) in work.iter_mut().enumerate() {
-            let mut per_route: Vec<Option<Answer>> = (0..routes.len()).map(|_| None).collect();
-            let mut keys_per_route: Vec<(String, RouteKeys)> =
-                vec![(String::new(), RouteKeys::default()); routes.len()];
-            let had_events = !batch.events.is_empty();
+        for (m, item) in round.iter_mut().enumerate() {
+            let had_events = !item.batch.events.is_empty();
             // Summed over every route, for the message's span.
             let mut events_out = 0usize;
             // The batch is copied only when a second connection or destination needs its own.
-            let mut connections: Vec<usize> = routes.iter().map(|r| r.connection).collect();
-            connections.sort_unstable();
-            connections.dedup();
-            let connection_count = connections.len();
-            for (c, &connection_index) in connections.iter().enumerate() {
-                let connection = &inner.settings.connections[connection_index];
-                let mut applied_batch = if c + 1 == connection_count {
-                    std::mem::take(batch)
+            let mut used: Vec<usize> = item.routes.iter().map(|r| r.route.connection).collect();
+            used.sort_unstable();
+            used.dedup();
+            for (c, &connection_index) in used.iter().enumerate() {
+                let connection = &connections[connection_index];
+                let mut applied_batch = if c + 1 == used.len() {
+                    std::mem::take(&mut item.batch)
                 } else {
-                    batch.clone()
+                    item.batch.clone()
                 };
                 // No rules: nothing to apply (and a pass-through batch stays one).
                 let applied = if connection.rules.is_empty() {
@@ -353,142 +426,170 @@ impl Transform {
                 } else {
                     connection.rules.apply(&mut applied_batch)
                 };
-                let counted = |what: Events, n: usize| stats.count_events(&connection.id, what, n);
-                counted(Events::In, applied.events_in);
-                counted(Events::Filtered, applied.events_filtered);
-                let mine: Vec<usize> = (0..routes.len())
-                    .filter(|&r| routes[r].connection == connection_index)
+                let stats = &self.inner.stats;
+                stats.count_events(&connection.id, Events::In, applied.events_in);
+                stats.count_events(&connection.id, Events::Filtered, applied.events_filtered);
+                let mine: Vec<usize> = (0..item.routes.len())
+                    .filter(|&r| item.routes[r].route.connection == connection_index)
                     .collect();
                 for (i, &r) in mine.iter().enumerate() {
-                    let route = &routes[r];
-                    let mut out = if i + 1 == mine.len() {
+                    let out = if i + 1 == mine.len() {
                         std::mem::take(&mut applied_batch)
                     } else {
                         applied_batch.clone()
                     };
-                    let keys = dedupe_keys(message, &out, &connection.id, &route.destination);
-                    if keys.iter().any(|k| seen(Tier::Batch, k, &in_round)) {
-                        counted(Events::Deduplicated, out.events.len());
-                        per_route[r] = Some(Answer::Answered);
-                        keys_per_route[r] = (route.destination.clone(), RouteKeys::default());
-                        continue;
-                    }
-                    if !reserved.take(&keys) {
-                        per_route[r] = Some(Answer::Failed(
-                            "a copy of this batch is being delivered; it waits for that outcome"
-                                .into(),
-                        ));
-                        keys_per_route[r] = (route.destination.clone(), RouteKeys::default());
-                        continue;
-                    }
-                    // Each kept event's key is made once, here, and remembered below.
-                    let mut event_keys = Vec::new();
-                    let before = out.events.len();
-                    out.events.retain(|e| {
-                        let Some(id) = &e.source_message_id else {
-                            return true;
-                        };
-                        let key = event_key(&connection.id, &route.destination, message, id);
-                        if seen(Tier::Event, &key, &in_round) {
-                            return false;
-                        }
-                        event_keys.push(key);
-                        true
-                    });
-                    counted(Events::Deduplicated, before - out.events.len());
-                    // Some events repeated: a pass-through batch is read in full and sent
-                    // without them (a failure to read it would send them again, never lose).
-                    if out.events.len() != before
-                        && let Err(e) = schema::materialize(&mut out)
-                    {
-                        tracing::error!(error = %e, "a pass-through batch does not decode; sent whole");
-                    }
-                    // Everything filtered or repeated: nothing owed to this destination. (A batch
-                    // that came with no events still goes: it may carry user attribute changes.)
-                    if out.events.is_empty() && had_events {
-                        per_route[r] = Some(Answer::Answered);
-                        keys_per_route[r] = (route.destination.clone(), RouteKeys::default());
-                        continue;
-                    }
-                    counted(Events::Out, out.events.len());
-                    events_out += out.events.len();
-                    let trace = &traces[m].1;
-                    in_round.extend(keys.iter().chain(&event_keys).copied());
-                    keys_per_route[r] = (
-                        route.destination.clone(),
-                        RouteKeys {
-                            batch: keys,
-                            events: event_keys,
-                        },
+                    let destination = &item.routes[r].route.destination;
+                    let planned = self.plan_route(
+                        item,
+                        connection,
+                        destination,
+                        out,
+                        had_events,
+                        &mut in_round,
+                        reserved,
                     );
-                    by_destination
-                        .entry(route.destination.clone())
-                        .or_default()
-                        .push(RoutedBatch {
-                            key: format!("{m}/{r}"),
-                            batch: Some(out),
-                            source: message
-                                .attributes
-                                .get(attr::SOURCE)
-                                .cloned()
-                                .unwrap_or_default(),
-                            connection: connection.id.clone(),
-                            historical: message
-                                .attributes
-                                .get(attr::HISTORICAL)
-                                .is_some_and(|v| v == "true"),
-                            traceparent: trace
-                                .as_ref()
-                                .map(|t| t.traceparent.clone())
-                                .or_else(|| message.attributes.get(attr::TRACEPARENT).cloned())
-                                .unwrap_or_default(),
-                            tracestate: trace
-                                .as_ref()
-                                .and_then(|t| t.tracestate.clone())
-                                .or_else(|| message.attributes.get(attr::TRACESTATE).cloned())
-                                .unwrap_or_default(),
-                        });
+                    match planned {
+                        Planned::Settled(answer) => item.routes[r].answer = Some(answer),
+                        Planned::Send(mut batch, keys) => {
+                            let events = batch.batch.as_ref().map_or(0, |b| b.events.len());
+                            events_out += events;
+                            let destination = item.routes[r].route.destination.clone();
+                            let call = calls.entry(destination.clone()).or_insert_with(|| Call {
+                                destination,
+                                slots: Vec::new(),
+                                batches: Vec::new(),
+                            });
+                            batch.key = call.batches.len().to_string();
+                            call.slots.push(Slot {
+                                message: m,
+                                route: r,
+                            });
+                            call.batches.push(*batch);
+                            item.routes[r].keys = keys;
+                        }
+                    }
                 }
             }
-            let span = &traces[m].0;
-            span.record("destinations", routes.len() as i64);
-            span.record("events_out", events_out as i64);
-            answers.push(per_route);
-            remember.push(keys_per_route);
+            item.span.record("destinations", item.routes.len() as i64);
+            item.span.record("events_out", events_out as i64);
         }
+        calls.into_values().collect()
+    }
 
-        // One call per destination, all at once: a slow destination does not hold the others.
-        let calls = by_destination.into_iter().map(|(destination, batches)| {
-            let client = inner.client.clone();
-            let keys: Vec<String> = batches.iter().map(|b| b.key.clone()).collect();
+    /// One route of a message: a repeat (batch or events), a copy of a batch in flight, or a
+    /// batch to send with the keys that will mark it delivered.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_route(
+        &self,
+        item: &InRound,
+        connection: &Connection,
+        destination: &str,
+        mut out: Batch,
+        had_events: bool,
+        in_round: &mut HashSet<Key>,
+        reserved: &mut Reservation,
+    ) -> Planned {
+        let inner = &self.inner;
+        let counted = |what: Events, n: usize| inner.stats.count_events(&connection.id, what, n);
+        let seen = |tier: Tier, key: &Key, in_round: &HashSet<Key>| {
+            in_round.contains(key) || inner.dedupe.contains(tier, key)
+        };
+        let (message, envelope) = (&item.message, &item.envelope);
+        let keys = dedupe_keys(message, envelope, &out, &connection.id, destination);
+        if keys.iter().any(|k| seen(Tier::Batch, k, in_round)) {
+            counted(Events::Deduplicated, out.events.len());
+            return Planned::Settled(Answer::Answered);
+        }
+        if !reserved.take(&keys) {
+            return Planned::Settled(Answer::Failed(
+                "a copy of this batch is being delivered; it waits for that outcome".into(),
+            ));
+        }
+        // Each kept event's key is made once, here, and remembered once answered.
+        let mut event_keys = Vec::new();
+        let before = out.events.len();
+        out.events.retain(|e| {
+            let Some(id) = &e.source_message_id else {
+                return true;
+            };
+            let key = event_key(&connection.id, destination, &envelope.source, id);
+            if seen(Tier::Event, &key, in_round) {
+                return false;
+            }
+            event_keys.push(key);
+            true
+        });
+        counted(Events::Deduplicated, before - out.events.len());
+        // Some events repeated: a pass-through batch is read in full and sent without them (a
+        // failure to read it would send them again, never lose).
+        if out.events.len() != before
+            && let Err(e) = schema::materialize(&mut out)
+        {
+            tracing::error!(error = %e, "a pass-through batch does not decode; sent whole");
+        }
+        // Everything filtered or repeated: nothing owed to this destination. (A batch that
+        // came with no events still goes: it may carry user attribute changes.)
+        if out.events.is_empty() && had_events {
+            return Planned::Settled(Answer::Answered);
+        }
+        counted(Events::Out, out.events.len());
+        in_round.extend(keys.iter().chain(&event_keys).copied());
+        let trace = item.trace.as_ref();
+        let routed = RoutedBatch {
+            key: String::new(),
+            batch: Some(out),
+            source: envelope.source.clone(),
+            connection: connection.id.clone(),
+            historical: envelope.historical,
+            traceparent: trace
+                .map(|t| t.traceparent.clone())
+                .or_else(|| envelope.traceparent.clone())
+                .unwrap_or_default(),
+            tracestate: trace
+                .and_then(|t| t.tracestate.clone())
+                .or_else(|| envelope.tracestate.clone())
+                .unwrap_or_default(),
+        };
+        Planned::Send(
+            Box::new(routed),
+            RouteKeys {
+                batch: keys,
+                events: event_keys,
+            },
+        )
+    }
+
+    /// One call per destination, all at once (a slow destination does not hold the others);
+    /// each answer lands on its route.
+    async fn call(&self, round: &mut [InRound], calls: Vec<Call>) {
+        let calls = calls.into_iter().map(|call| {
+            let client = self.inner.client.clone();
             async move {
+                let Call {
+                    destination,
+                    slots,
+                    batches,
+                } = call;
                 let started = std::time::Instant::now();
                 let result = client.deliver(&destination, batches).await;
                 metrics::histogram!("mpconnect_transform_deliver_duration_seconds", "destination" => destination.clone())
                     .record(started.elapsed().as_secs_f64());
-                (destination, keys, result)
+                (destination, slots, result)
             }
         });
-        for (destination, keys, result) in join_all(calls).await {
-            let outcomes: HashMap<String, (i32, String)> = match &result {
+        for (destination, slots, result) in join_all(calls).await {
+            let outcomes: HashMap<&str, (i32, &str)> = match &result {
                 Ok(outcomes) => outcomes
                     .iter()
-                    .map(|o| (o.key.clone(), (o.outcome, o.detail.clone())))
+                    .map(|o| (o.key.as_str(), (o.outcome, o.detail.as_str())))
                     .collect(),
-                Err(_) => HashMap::new(),
+                Err(e) => {
+                    tracing::warn!(destination, error = %e, batches = slots.len(), "delivery did not answer");
+                    HashMap::new()
+                }
             };
-            if let Err(e) = &result {
-                tracing::warn!(destination, error = %e, batches = keys.len(), "delivery did not answer");
-            }
-            for key in keys {
-                let (m, r) = key
-                    .split_once('/')
-                    .and_then(|(m, r)| Some((m.parse::<usize>().ok()?, r.parse::<usize>().ok()?)))
-                    .unwrap_or((usize::MAX, 0));
-                let Some(slot) = answers.get_mut(m).and_then(|a| a.get_mut(r)) else {
-                    continue;
-                };
-                *slot = Some(match (&result, outcomes.get(&key)) {
+            for (n, slot) in slots.into_iter().enumerate() {
+                let answer = match (&result, outcomes.get(n.to_string().as_str())) {
                     (Err(DeliveryError::Permanent(e)), _) => Answer::Refused(e.clone()),
                     (Err(DeliveryError::Temporary(e)), _) => Answer::Failed(e.clone()),
                     (Ok(_), Some((o, detail))) => match Outcome::try_from(*o) {
@@ -497,35 +598,34 @@ impl Transform {
                         _ => Answer::Failed(format!("no usable outcome: {detail}")),
                     },
                     (Ok(_), None) => Answer::Failed("delivery's answer left this batch out".into()),
-                });
+                };
+                round[slot.message].routes[slot.route].answer = Some(answer);
             }
         }
-        drop(heartbeat);
+    }
 
-        // What the destinations took is remembered (and written) first, before any settling:
-        // a crash sends again only what was answered in the moment before it.
+    /// Writes the keys of every answered route into the dedupe window.
+    fn remember(&self, round: &mut [InRound]) {
         let mut answered = RouteKeys::default();
-        for (per_route, keys) in answers.iter().zip(remember.iter_mut()) {
-            for (answer, (_, route_keys)) in per_route.iter().zip(keys.iter_mut()) {
-                if matches!(answer, Some(Answer::Answered)) {
-                    answered.extend(std::mem::take(route_keys));
-                }
+        for state in round.iter_mut().flat_map(|item| &mut item.routes) {
+            if matches!(state.answer, Some(Answer::Answered)) {
+                answered.extend(std::mem::take(&mut state.keys));
             }
         }
-        inner.dedupe.insert_all(Tier::Batch, &answered.batch);
-        inner.dedupe.insert_all(Tier::Event, &answered.events);
-        // Remembered: a copy waiting on these keys now finds them in the window.
-        drop(reserved);
+        self.inner.dedupe.insert_all(Tier::Batch, &answered.batch);
+        self.inner.dedupe.insert_all(Tier::Event, &answered.events);
+    }
 
-        // Settle each message; the done ones are deleted in one call.
-        let mut done = Vec::with_capacity(work.len());
-        for ((((message, _, routes), per_route), keys), (span, _)) in
-            work.into_iter().zip(answers).zip(remember).zip(traces)
-        {
+    /// Settles each message: deleted when every route was answered (the done ones in one
+    /// call), dead-lettered for its refused routes, re-queued owing the rest.
+    async fn settle(&self, round: Vec<InRound>) {
+        let mut done = Vec::with_capacity(round.len());
+        for item in round {
             let mut failed = Vec::new();
             let mut refused = Vec::new();
             let mut refused_routes = Vec::new();
-            for ((route, answer), (destination, _)) in routes.iter().zip(per_route).zip(keys) {
+            for RouteState { route, answer, .. } in &item.routes {
+                let destination = &route.destination;
                 match answer {
                     Some(Answer::Answered | Answer::DeadLettered) => {}
                     Some(Answer::Refused(e)) => {
@@ -543,17 +643,17 @@ impl Transform {
             // copy cannot be made, the route is retried like one not answered, never acked.
             if !refused.is_empty()
                 && !self
-                    .copy_to_dead_letter(&message, &refused.join("; "))
+                    .copy_to_dead_letter(&item.message, &refused.join("; "))
                     .await
             {
                 tracing::error!(
-                    message_id = message.message_id,
+                    message_id = item.message.message_id,
                     "cannot dead-letter a refused batch; it stays in the queue"
                 );
                 failed.extend(refused_routes);
             }
             let outcome = if failed.is_empty() {
-                done.push(message.receipt);
+                done.push(item.message.receipt.clone());
                 if refused.is_empty() {
                     "answered"
                 } else {
@@ -563,14 +663,15 @@ impl Transform {
                 // A fresh copy, not a nack: every receive counts toward the queue's
                 // dead-lettering, and good data must wait out an outage of delivery however
                 // long it lasts, never be dead-lettered for it. The copy carries the attempts.
-                self.requeue_for(&message, &failed).await;
-                if failed.len() < routes.len() {
+                self.requeue_for(&item.message, &item.envelope, &failed)
+                    .await;
+                if failed.len() < item.routes.len() {
                     "requeued"
                 } else {
                     "retried"
                 }
             };
-            span.record("outcome", outcome);
+            item.span.record("outcome", outcome);
             metrics::counter!("mpconnect_transform_messages_total", "outcome" => outcome)
                 .increment(1);
         }
@@ -596,68 +697,56 @@ impl Transform {
     }
 
     /// The message's batch and the routes it owes.
-    fn route(&self, message: &Received) -> Result<(Batch, Vec<Route>), String> {
+    fn route(
+        &self,
+        message: &Received,
+        envelope: &IngestEnvelope,
+    ) -> Result<(Batch, Vec<Route>), String> {
         let inner = &self.inner;
         if let Some(why) = message.missing_body() {
             return Err(why);
         }
-        let json = message
-            .attributes
-            .get(attr::CONTENT_TYPE)
-            .is_some_and(|t| content_type::is_json(t));
-        let batch = if json {
+        let batch = if envelope.is_json() {
             schema::parse_batch(&message.body).map_err(|e| format!("not a batch: {e}"))?
         } else {
             Batch::decode(message.body.as_ref())
                 .map_err(|e| format!("not a protobuf batch: {e}"))?
         };
-        if let Some(owed) = message.attributes.get(attr::ROUTE) {
-            let routes = owed
-                .split(',')
-                .map(|pair| {
-                    let (connection, destination) = pair
-                        .split_once('/')
-                        .ok_or_else(|| format!("a malformed route {pair:?}"))?;
-                    let index = inner
-                        .settings
-                        .connections
+        let connections = &inner.settings.connections;
+        let routes: Vec<Route> = match &envelope.owed {
+            Some(owed) => owed
+                .iter()
+                .map(|owed| {
+                    let connection = connections
                         .iter()
-                        .position(|c| c.id == connection)
+                        .position(|c| c.id == owed.connection)
                         .ok_or_else(|| {
                             format!(
-                                "the route names connection {connection:?}, which is not configured"
+                                "the route names connection {:?}, which is not configured",
+                                owed.connection
                             )
                         })?;
                     Ok(Route {
-                        connection: index,
-                        destination: destination.to_owned(),
+                        connection,
+                        destination: owed.destination.clone(),
                     })
                 })
-                .collect::<Result<Vec<_>, String>>()?;
-            return self.readable_for(batch, routes);
-        }
-        let source = message
-            .attributes
-            .get(attr::SOURCE)
-            .map(String::as_str)
-            .unwrap_or_default();
-        let routes: Vec<Route> = inner
-            .by_source
-            .get(source)
-            .into_iter()
-            .flatten()
-            .flat_map(|&i| {
-                inner.settings.connections[i]
-                    .destinations
-                    .iter()
-                    .map(move |d| Route {
+                .collect::<Result<_, String>>()?,
+            None => inner
+                .by_source
+                .get(&envelope.source)
+                .into_iter()
+                .flatten()
+                .flat_map(|&i| {
+                    connections[i].destinations.iter().map(move |d| Route {
                         connection: i,
                         destination: d.clone(),
                     })
-            })
-            .collect();
+                })
+                .collect(),
+        };
         if routes.is_empty() {
-            return Err(format!("no connection takes source {source:?}"));
+            return Err(format!("no connection takes source {:?}", envelope.source));
         }
         self.readable_for(batch, routes)
     }
@@ -682,8 +771,9 @@ impl Transform {
         self.ack_all(std::slice::from_ref(&message.receipt)).await;
     }
 
-    async fn nack(&self, message: &Received) {
-        let delay = self.backoff(attempts(message));
+    /// Gives the message back, after a back-off by the attempts made on it so far.
+    async fn nack(&self, message: &Received, attempts_before: u32) {
+        let delay = self.backoff(attempts_before.saturating_add(message.receive_count));
         self.inner.stats.nacked.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.inner.queue.nack(&message.receipt, delay).await {
             tracing::warn!(error = %e, "cannot give a message back; it returns after its visibility timeout");
@@ -701,25 +791,28 @@ impl Transform {
     }
 
     /// A copy owing only `failed`, then the original goes.
-    async fn requeue_for(&self, message: &Received, failed: &[Route]) {
-        let owed = failed
-            .iter()
-            .map(|r| {
-                format!(
-                    "{}/{}",
-                    self.inner.settings.connections[r.connection].id, r.destination
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        let attempts = attempts(message);
+    async fn requeue_for(&self, message: &Received, envelope: &IngestEnvelope, failed: &[Route]) {
+        let connections = &self.inner.settings.connections;
+        let copy_envelope = IngestEnvelope {
+            owed: Some(
+                failed
+                    .iter()
+                    .map(|r| RouteKey {
+                        connection: connections[r.connection].id.clone(),
+                        destination: r.destination.clone(),
+                    })
+                    .collect(),
+            ),
+            attempts: envelope.attempts.saturating_add(message.receive_count),
+            ..envelope.clone()
+        };
+        // Over the original's attributes: one a newer version added is kept, not dropped.
         let mut attributes = message.attributes.clone();
-        attributes.insert(attr::ROUTE.to_owned(), owed);
-        attributes.insert(attr::ATTEMPTS.to_owned(), attempts.to_string());
+        attributes.extend(copy_envelope.to_attributes());
         let copy = Message {
             body: message.body.clone(),
             attributes,
-            delay: self.backoff(attempts),
+            delay: self.backoff(copy_envelope.attempts),
         };
         match self.inner.queue.send(vec![copy]).await {
             Ok(()) => {
@@ -728,7 +821,7 @@ impl Transform {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot queue a retry copy; the whole message comes back");
-                self.nack(message).await;
+                self.nack(message, envelope.attempts).await;
             }
         }
     }
@@ -743,7 +836,8 @@ impl Transform {
         if self.copy_to_dead_letter(&message, reason).await {
             self.ack(&message).await;
         } else {
-            self.nack(&message).await;
+            // Its envelope may be what is wrong with it: back off by its receives alone.
+            self.nack(&message, 0).await;
         }
     }
 
@@ -755,17 +849,12 @@ impl Transform {
             );
             return true;
         };
-        let mut because = reason.to_owned();
-        schema::limits::truncate_chars(&mut because, 1000);
-        let mut attributes = message.attributes.clone();
-        attributes.insert(attr::REJECTED_BECAUSE.to_owned(), because);
-        let copied = dlq
-            .send(vec![Message {
-                body: message.body.clone(),
-                attributes,
-                delay: Duration::ZERO,
-            }])
-            .await;
+        let copy = Message {
+            body: message.body.clone(),
+            attributes: message.attributes.clone(),
+            delay: Duration::ZERO,
+        };
+        let copied = dlq.send(vec![envelope::rejected(copy, reason)]).await;
         if let Err(e) = &copied {
             tracing::error!(error = %e, "cannot copy to the dead-letter queue");
             return false;
@@ -780,17 +869,16 @@ impl Transform {
 
 /// The message's span in its batch's trace, after a span for its time in the queue; and the
 /// context the routed batches carry on (`None` when tracing is off: they carry the message's).
-fn message_span(message: &Received) -> (tracing::Span, Option<TraceContext>) {
+fn message_span(
+    message: &Received,
+    envelope: Option<&IngestEnvelope>,
+) -> (tracing::Span, Option<TraceContext>) {
     if !telemetry::enabled() {
         return (tracing::Span::none(), None);
     }
-    let parent = TraceContext::continue_from(
-        message
-            .attributes
-            .get(attr::TRACEPARENT)
-            .map(String::as_str),
-        message.attributes.get(attr::TRACESTATE).map(String::as_str),
-    );
+    let parent = envelope.and_then(|e| {
+        TraceContext::continue_from(e.traceparent.as_deref(), e.tracestate.as_deref())
+    });
     if let Some(parent) = &parent {
         telemetry::queue_wait(
             parent,
@@ -805,11 +893,7 @@ fn message_span(message: &Received) -> (tracing::Span, Option<TraceContext>) {
         "transform",
         otel.kind = "consumer",
         mpconnect.stage = "transform",
-        source = message
-            .attributes
-            .get(attr::SOURCE)
-            .map(String::as_str)
-            .unwrap_or_default(),
+        source = envelope.map(|e| e.source.as_str()).unwrap_or_default(),
         message_id = message.message_id.as_str(),
         receive_count = i64::from(message.receive_count),
         events_in = tracing::field::Empty,
@@ -826,33 +910,29 @@ fn message_span(message: &Received) -> (tracing::Span, Option<TraceContext>) {
 /// to one destination each deliver their own): the S3 source's batch id, the sender's
 /// `source_request_id`, and the queue message itself (a redelivery). Events have their own,
 /// from `source_message_id` ([`event_key`]).
-fn dedupe_keys(message: &Received, batch: &Batch, connection: &str, destination: &str) -> Vec<Key> {
-    let source = message
-        .attributes
-        .get(attr::SOURCE)
-        .map(String::as_str)
-        .unwrap_or_default();
+fn dedupe_keys(
+    message: &Received,
+    envelope: &IngestEnvelope,
+    batch: &Batch,
+    connection: &str,
+    destination: &str,
+) -> Vec<Key> {
     let mut keys = vec![Key::of(&[
         connection,
         destination,
         "m",
         &message.message_id,
     ])];
-    if let Some(id) = message.attributes.get(attr::BATCH_ID) {
+    if let Some(id) = &envelope.batch_id {
         keys.push(Key::of(&[connection, destination, "b", id]));
     }
     if let Some(id) = &batch.source_request_id {
-        keys.push(Key::of(&[connection, destination, "r", source, id]));
+        keys.push(Key::of(&[connection, destination, "r", &envelope.source, id]));
     }
     keys
 }
 
-fn event_key(connection: &str, destination: &str, message: &Received, id: &str) -> Key {
-    let source = message
-        .attributes
-        .get(attr::SOURCE)
-        .map(String::as_str)
-        .unwrap_or_default();
+fn event_key(connection: &str, destination: &str, source: &str, id: &str) -> Key {
     Key::of(&[connection, destination, "e", source, id])
 }
 
@@ -899,32 +979,6 @@ impl RouteKeys {
     }
 }
 
-/// Keeps a round's messages invisible while delivery works; stops when dropped.
-struct Heartbeat(tokio::task::JoinHandle<()>);
-
-impl Heartbeat {
-    fn start(queue: &StageQueue, messages: &[Received], visibility: Duration) -> Heartbeat {
-        let queue = queue.clone();
-        let receipts: Vec<_> = messages.iter().map(|m| m.receipt.clone()).collect();
-        Heartbeat(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(visibility / 3).await;
-                for receipt in &receipts {
-                    if let Err(e) = queue.extend(receipt, visibility).await {
-                        tracing::debug!(error = %e, "cannot extend a message's visibility");
-                    }
-                }
-            }
-        }))
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Runs the futures concurrently and returns their outputs in order.
 async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
@@ -946,15 +1000,4 @@ async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) 
     })
     .await;
     outputs.into_iter().flatten().collect()
-}
-
-/// Attempts on a message so far, this one included: those of earlier copies and this copy's
-/// receives.
-fn attempts(message: &Received) -> u32 {
-    message
-        .attributes
-        .get(attr::ATTEMPTS)
-        .and_then(|a| a.parse::<u32>().ok())
-        .unwrap_or(0)
-        .saturating_add(message.receive_count)
 }

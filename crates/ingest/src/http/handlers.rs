@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prost::Message as _;
-use runtime::envelope::{attr, content_type};
+use runtime::envelope::{self, IngestEnvelope, content_type};
 use runtime::telemetry::{self, TraceContext};
 use runtime::{Message, Queue, now_ms};
 use serde_json::value::RawValue;
@@ -288,19 +288,24 @@ fn queue_message(
     now: i64,
     trace: &TraceContext,
 ) -> Message {
-    let mut message = Message::new(body)
-        .with_attribute(attr::SOURCE, source)
-        .with_attribute(attr::CONTENT_TYPE, content_type::BATCH)
-        .with_attribute(attr::TRACEPARENT, trace.traceparent.clone())
-        .with_attribute(attr::RECEIVED_AT, now.to_string())
-        .with_attribute(attr::ENDPOINT, door.name());
-    if let Some(state) = &trace.tracestate {
-        message = message.with_attribute(attr::TRACESTATE, state.clone());
+    envelope_of(source, content_type::BATCH, door, now, trace).to_message(body)
+}
+
+fn envelope_of(
+    source: &str,
+    content_type: &str,
+    door: Door,
+    now: i64,
+    trace: &TraceContext,
+) -> IngestEnvelope {
+    IngestEnvelope {
+        traceparent: Some(trace.traceparent.clone()),
+        tracestate: trace.tracestate.clone(),
+        received_at_ms: Some(now),
+        endpoint: Some(door.name().to_owned()),
+        historical: door == Door::Historical,
+        ..IngestEnvelope::new(source, content_type)
     }
-    if door == Door::Historical {
-        message = message.with_attribute(attr::HISTORICAL, "true");
-    }
-    message
 }
 
 async fn dead_letter(
@@ -327,15 +332,9 @@ async fn dead_letter(
     let messages = refused
         .into_iter()
         .map(|(_, raw, errors)| {
-            let mut because = errors.join("; ");
-            schema::limits::truncate_chars(&mut because, 1000);
-            Message::new(raw.get().as_bytes().to_vec())
-                .with_attribute(attr::SOURCE, source)
-                .with_attribute(attr::CONTENT_TYPE, content_type::JSON)
-                .with_attribute(attr::TRACEPARENT, trace.traceparent.clone())
-                .with_attribute(attr::RECEIVED_AT, now.to_string())
-                .with_attribute(attr::ENDPOINT, door.name())
-                .with_attribute(attr::REJECTED_BECAUSE, because)
+            let kept = envelope_of(source, content_type::JSON, door, now, trace)
+                .to_message(raw.get().as_bytes().to_vec());
+            envelope::rejected(kept, &errors.join("; "))
         })
         .collect();
     dlq.send(messages).await.map_err(|e| {

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client as S3Client;
 use prost::Message as _;
-use runtime::envelope::{attr, content_type};
+use runtime::envelope::{self, IngestEnvelope, S3Origin, content_type};
+use runtime::queue::Heartbeat;
 use runtime::store::S3Store;
 use runtime::telemetry::{self, TraceContext};
 use runtime::{
@@ -219,9 +220,9 @@ impl S3Source {
                 // Not ours to understand: keep it for a person, do not let it circle.
                 tracing::error!(error = %e, "an unreadable S3 notification goes to the dead-letter queue");
                 if let Some(dlq) = &self.inner.dead_letter {
-                    let kept = Message::new(message.body.clone())
-                        .with_attribute(attr::SOURCE, self.inner.settings.source_id.clone())
-                        .with_attribute(attr::REJECTED_BECAUSE, e);
+                    let kept = IngestEnvelope::new(&self.inner.settings.source_id, "")
+                        .to_message(message.body.clone());
+                    let kept = envelope::rejected(kept, &e.to_string());
                     if dlq.send(vec![kept]).await.is_err() {
                         return self.retry_later(&message).await;
                     }
@@ -231,7 +232,14 @@ impl S3Source {
             }
         };
 
-        let heartbeat = self.heartbeat(&message);
+        let heartbeat = self.inner.notifications.as_ref().map(|queue| {
+            Heartbeat::start(
+                queue,
+                vec![message.receipt.clone()],
+                self.inner.settings.visibility,
+                "S3 notification",
+            )
+        });
         for object in objects {
             if is_verification_file(&object.key) {
                 tracing::debug!(
@@ -268,23 +276,6 @@ impl S3Source {
         if let Err(e) = notifications.ack(&[message.receipt]).await {
             tracing::warn!(error = %e, "cannot delete an S3 notification; its object may be read again");
         }
-    }
-
-    /// Keeps the notification invisible while its object is read; stops when dropped, so a
-    /// consumer that dies takes its heartbeat with it and the notification comes back.
-    fn heartbeat(&self, message: &Received) -> AbortOnDrop {
-        let queue = self.inner.notifications.clone();
-        let receipt = message.receipt.clone();
-        let visibility = self.inner.settings.visibility;
-        AbortOnDrop(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(visibility / 3).await;
-                let Some(queue) = &queue else { return };
-                if let Err(e) = queue.extend(&receipt, visibility).await {
-                    tracing::warn!(error = %e, "cannot extend an S3 notification's visibility");
-                }
-            }
-        }))
     }
 
     async fn retry_later(&self, message: &Received) {
@@ -358,32 +349,29 @@ impl S3Source {
             let traceparent = telemetry::context_of(&batch_span)
                 .map(|t| t.traceparent)
                 .unwrap_or_else(|| child_span(&trace));
-            let base = |body: Vec<u8>| {
-                Message::new(body)
-                    .with_attribute(attr::SOURCE, settings.source_id.clone())
-                    .with_attribute(attr::TRACEPARENT, traceparent.clone())
-                    .with_attribute(attr::RECEIVED_AT, now.to_string())
-                    .with_attribute(attr::ENDPOINT, "s3")
-                    .with_attribute(attr::S3_OBJECT, location.clone())
-                    .with_attribute(attr::S3_LINE, number.to_string())
+            let envelope_for = |content_type: &str| IngestEnvelope {
+                traceparent: Some(traceparent.clone()),
+                received_at_ms: Some(now),
+                endpoint: Some("s3".into()),
+                s3_origin: Some(S3Origin {
+                    object: location.clone(),
+                    line: number,
+                }),
+                ..IngestEnvelope::new(&settings.source_id, content_type)
             };
             match checked {
                 Ok(batch) => {
                     summary.batches += 1;
                     summary.events += batch.events.len() as u64;
-                    queued.push(
-                        base(batch.encode_to_vec())
-                            .with_attribute(attr::CONTENT_TYPE, content_type::BATCH)
-                            .with_attribute(
-                                attr::BATCH_ID,
-                                batch_id(&object.bucket, &object.key, &etag, number),
-                            ),
-                    );
+                    let envelope = IngestEnvelope {
+                        batch_id: Some(batch_id(&object.bucket, &object.key, &etag, number)),
+                        ..envelope_for(content_type::BATCH)
+                    };
+                    queued.push(envelope.to_message(batch.encode_to_vec()));
                 }
                 Err(errors) => {
                     summary.bad_lines += 1;
-                    let mut because = errors.join("; ");
-                    schema::limits::truncate_chars(&mut because, 1000);
+                    let because = errors.join("; ");
                     tracing::warn!(
                         object = location,
                         line = number,
@@ -392,11 +380,10 @@ impl S3Source {
                     );
                     let mut kept = text.to_vec();
                     kept.truncate(settings.max_line_bytes);
-                    dead.push(
-                        base(kept)
-                            .with_attribute(attr::CONTENT_TYPE, content_type::JSON)
-                            .with_attribute(attr::REJECTED_BECAUSE, because),
-                    );
+                    dead.push(envelope::rejected(
+                        envelope_for(content_type::JSON).to_message(kept),
+                        &because,
+                    ));
                 }
             }
             if queued.len() >= 10 {
@@ -455,14 +442,6 @@ impl S3Source {
             at
         };
         tokio::time::sleep_until(at.into()).await;
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

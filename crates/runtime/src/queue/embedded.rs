@@ -22,7 +22,7 @@ use crate::now_ms;
 
 /// How hard a commit presses the data to disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Sync {
+pub enum EmbeddedSync {
     /// Survives a crash or `kill -9` of the process (the default). A power loss may lose the
     /// last moments: the OS has the data, the disk may not yet.
     #[default]
@@ -120,7 +120,7 @@ fn db_error(e: rusqlite::Error) -> QueueError {
 
 impl EmbeddedDb {
     /// Opens (or creates) the database at `path`.
-    pub fn open(path: &Path, sync: Sync) -> Result<Self, QueueError> {
+    pub fn open(path: &Path, sync: EmbeddedSync) -> Result<Self, QueueError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -129,8 +129,8 @@ impl EmbeddedDb {
         }
         let conn = Connection::open(path).map_err(db_error)?;
         let synchronous = match sync {
-            Sync::Normal => "NORMAL",
-            Sync::Full => "FULL",
+            EmbeddedSync::Normal => "NORMAL",
+            EmbeddedSync::Full => "FULL",
         };
         // The writer never checkpoints: copying the WAL into the database (and its fsyncs)
         // happens on a thread of its own, so no request waits behind it.

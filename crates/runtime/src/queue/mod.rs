@@ -5,6 +5,7 @@
 //! backends honour the same contract; `tests/queue_contract.rs` runs one suite against both.
 
 mod claim_check;
+mod heartbeat;
 mod embedded;
 mod sqs;
 
@@ -15,7 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use claim_check::{ClaimChecked, DEFAULT_CLAIM_CHECK_THRESHOLD, plain_size};
-pub use embedded::{EmbeddedDb, EmbeddedQueue, Sync as EmbeddedSync};
+pub use heartbeat::Heartbeat;
+pub use embedded::{EmbeddedDb, EmbeddedQueue, EmbeddedSync};
 pub use sqs::{Keeping, SqsQueue, SqsSettings};
 
 use crate::envelope::attr;
@@ -222,7 +224,7 @@ pub fn sqs_stage_queue(queue: SqsQueue, store: &crate::AnyStore) -> crate::Stage
 /// (`objects/`), as `mpconnect all` keeps them.
 pub fn local_data(
     dir: &std::path::Path,
-    sync: embedded::Sync,
+    sync: EmbeddedSync,
 ) -> Result<(EmbeddedDb, crate::AnyStore), QueueError> {
     let db = EmbeddedDb::open(&dir.join("queue.db"), sync)?;
     let store = crate::AnyStore::Local(crate::store::LocalStore::new(dir.join("objects")));
