@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use mpconnect_delivery::mparticle::{Limits, MparticleDriver, MparticleSettings, pack};
+use mpconnect_delivery::mparticle::{MparticleDriver, MparticleSettings, PackLimits, pack};
 use mpconnect_delivery::testing::FakeMparticle;
 use mpconnect_delivery::{DeadLetters, Delivery, Destination, DestinationSettings};
 use runtime::queue::{EmbeddedSync, embedded_stage_queue, local_data};
@@ -125,7 +125,7 @@ async fn main() {
         floor
     );
 
-    let limits = Limits::default();
+    let limits = PackLimits::default();
     let fill = |reqs: &[mpconnect_delivery::mparticle::Request<usize>]| {
         let n = reqs.len().max(1) as f64;
         let bytes: usize = reqs.iter().map(|r| r.body.len()).sum();

@@ -56,10 +56,7 @@ impl DestinationKind {
     }
 
     /// `value` read as the kind named `kind`, and the keys that kind does not know.
-    fn read(
-        kind: &str,
-        value: serde_json::Value,
-    ) -> Result<(Self, BTreeSet<String>), String> {
+    fn read(kind: &str, value: serde_json::Value) -> Result<(Self, BTreeSet<String>), String> {
         fn read<T: serde::de::DeserializeOwned>(
             value: serde_json::Value,
             wrap: fn(T) -> DestinationKind,
@@ -93,10 +90,11 @@ impl<'de> Deserialize<'de> for DestinationConfig {
             attempt_timeout_ms: Option<u64>,
         }
         let value = serde_json::Value::deserialize(d)?;
-        let (common, unknown_common) = read_reporting_unknown::<Common>(value.clone())
-            .map_err(serde::de::Error::custom)?;
-        let (kind, unknown_kind) = DestinationKind::read(&common.kind, value)
-            .map_err(|why| serde::de::Error::custom(format!("destination {:?}: {why}", common.id)))?;
+        let (common, unknown_common) =
+            read_reporting_unknown::<Common>(value.clone()).map_err(serde::de::Error::custom)?;
+        let (kind, unknown_kind) = DestinationKind::read(&common.kind, value).map_err(|why| {
+            serde::de::Error::custom(format!("destination {:?}: {why}", common.id))
+        })?;
         Ok(DestinationConfig {
             id: common.id,
             kind,
@@ -196,10 +194,10 @@ impl DestinationConfig {
 
     /// Its problems, each with its path under `at` (e.g. `destinations[0]`).
     pub fn problems(&self, at: &str, problems: &mut Problems) {
-        if self.id.is_empty() || self.id.contains(['/', ',']) {
+        if let Some(why) = runtime::envelope::route_id_problem(&self.id) {
             problems.push(
                 format_args!("{at}.id"),
-                "empty, used twice, or contains '/' or ','",
+                format_args!("{:?} {why}: ids travel in routes", self.id),
             );
         }
         match &self.kind {
@@ -240,13 +238,17 @@ mod tests {
             "bucket": "only-for-s3", "typo": 1
         }))
         .unwrap();
-        assert!(matches!(&d.kind, DestinationKind::Webhook(w) if w.url.as_deref() == Some("http://x")));
+        assert!(
+            matches!(&d.kind, DestinationKind::Webhook(w) if w.url.as_deref() == Some("http://x"))
+        );
         assert_eq!(d.settings().retry.window, Duration::from_secs(60));
         assert_eq!(d.unknown_keys, ["bucket", "typo"]);
         assert_eq!(d.retry_queue_name(), "retry-hook");
         let unknown = read(serde_json::json!({"id": "x", "kind": "ftp"})).unwrap_err();
         assert!(
-            unknown.to_string().contains("kind \"ftp\" is not one of mparticle, webhook, s3, file"),
+            unknown
+                .to_string()
+                .contains("kind \"ftp\" is not one of mparticle, webhook, s3, file"),
             "{unknown}"
         );
     }

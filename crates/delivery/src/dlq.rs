@@ -137,6 +137,9 @@ impl DeadLetter {
     }
 }
 
+/// Where dead letters live in the object store, unless told otherwise.
+pub const DEAD_LETTER_PREFIX: &str = "dead-letters/";
+
 /// Dead letters under `prefix` in a store, one folder per destination.
 #[derive(Clone)]
 pub struct DeadLetters {

@@ -184,7 +184,7 @@ impl Poster {
             request = request.header(AUTHORIZATION, value);
         }
         if !traceparent.is_empty() {
-            request = request.header("traceparent", traceparent);
+            request = request.header(runtime::envelope::header::TRACEPARENT, traceparent);
         }
         self.send(request, permit).await
     }

@@ -10,17 +10,18 @@ pub mod destination;
 pub mod dlq;
 pub mod driver;
 pub mod file;
+pub mod grpc;
 mod http;
 pub mod layout;
 pub mod limit;
 pub mod mparticle;
 pub mod retry;
 pub mod s3;
-pub mod service;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
 pub mod webhook;
+mod writer;
 
 pub use config::{BuildContext, BuildError, DestinationConfig, DestinationKind};
 pub use destination::{
@@ -28,5 +29,5 @@ pub use destination::{
 };
 pub use dlq::{DeadLetter, DeadLetters, RedriveReport, Scan};
 pub use driver::{Answer, Driver};
+pub use grpc::Delivery;
 pub use http::DEFAULT_REQUEST_TIMEOUT;
-pub use service::Delivery;

@@ -292,6 +292,59 @@ impl Limiter {
     }
 }
 
+/// Counts the delivery processes named by `names` (comma-separated `host:port`; every address
+/// each name resolves to) once before returning, so no process starts at the whole rate, then
+/// every `every` in the background until `stopped`, setting `peers` to the count. When a
+/// lookup fails, the last count stands: a DNS hiccup must not double every pod's rate.
+pub async fn count_peers(
+    names: String,
+    peers: Peers,
+    every: Duration,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    async fn recount(names: &str, peers: &Peers, every: Duration) {
+        match tokio::time::timeout(every, peer_count(names)).await {
+            Ok(Ok(count)) => {
+                if count.max(1) != peers.get() {
+                    tracing::info!(
+                        peers = count,
+                        "delivery peers changed; each takes an equal share of the rate limits"
+                    );
+                }
+                peers.set(count);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot count delivery peers; keeping the last count")
+            }
+            Err(_) => {
+                tracing::warn!("counting delivery peers took too long; keeping the last count")
+            }
+        }
+    }
+    recount(&names, &peers, every).await;
+    tokio::spawn(async move {
+        let counting = async {
+            loop {
+                tokio::time::sleep(every).await;
+                recount(&names, &peers, every).await;
+            }
+        };
+        tokio::select! {
+            _ = counting => {}
+            _ = stopped => {}
+        }
+    });
+}
+
+/// The distinct addresses that the comma-separated `host:port` names resolve to.
+pub async fn peer_count(names: &str) -> std::io::Result<usize> {
+    let mut found = std::collections::HashSet::new();
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        found.extend(tokio::net::lookup_host(name).await?);
+    }
+    Ok(found.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,8 +54,8 @@ impl<'de> Deserialize<'de> for SourceConfig {
             kind: String,
         }
         let value = serde_json::Value::deserialize(d)?;
-        let (common, unknown_common) = read_reporting_unknown::<Common>(value.clone())
-            .map_err(serde::de::Error::custom)?;
+        let (common, unknown_common) =
+            read_reporting_unknown::<Common>(value.clone()).map_err(serde::de::Error::custom)?;
         let (kind, unknown_kind) = match common.kind.as_str() {
             "http" => read_reporting_unknown(value).map(|(c, u)| (SourceKind::Http(c), u)),
             "s3" => read_reporting_unknown(value).map(|(c, u)| (SourceKind::S3(c), u)),
@@ -88,7 +88,7 @@ impl SourceConfig {
     /// Its problems, each with its path under `at` (e.g. `sources[0]`).
     pub fn problems(&self, at: &str, problems: &mut Problems) {
         if self.id.is_empty() {
-            problems.push(format_args!("{at}.id"), "empty or used twice");
+            problems.push(format_args!("{at}.id"), "empty");
         }
         match &self.kind {
             SourceKind::Http(c) => c.problems(at, problems),
@@ -116,6 +116,9 @@ mod tests {
             "id": "x", "kind": "kafka"
         }))
         .unwrap_err();
-        assert!(wrong.to_string().contains("is not one of http, s3"), "{wrong}");
+        assert!(
+            wrong.to_string().contains("is not one of http, s3"),
+            "{wrong}"
+        );
     }
 }

@@ -336,10 +336,20 @@ pub fn parse(
     .map_err(|e| ConfigError::Parse(e.to_string()))?;
     // Sources and destinations are read by kind, so their unknown keys come back with them.
     for (i, source) in config.sources.iter().enumerate() {
-        unknown.extend(source.unknown_keys.iter().map(|k| format!("sources.{i}.{k}")));
+        unknown.extend(
+            source
+                .unknown_keys
+                .iter()
+                .map(|k| format!("sources.{i}.{k}")),
+        );
     }
     for (i, destination) in config.destinations.iter().enumerate() {
-        unknown.extend(destination.unknown_keys.iter().map(|k| format!("destinations.{i}.{k}")));
+        unknown.extend(
+            destination
+                .unknown_keys
+                .iter()
+                .map(|k| format!("destinations.{i}.{k}")),
+        );
     }
     problems.extend(unknown.into_iter().map(|p| format!("{p}: unknown key")));
     Ok((config, problems))
@@ -475,9 +485,7 @@ impl Config {
         match self.store.backend.as_deref() {
             None | Some("local") => {}
             Some("s3") if self.store.bucket.is_some() => {}
-            Some("s3") => {
-                problems.line("store.bucket: required with store.backend = \"s3\"")
-            }
+            Some("s3") => problems.line("store.bucket: required with store.backend = \"s3\""),
             Some(other) => problems.line(format!(
                 "store.backend: {other:?} is neither \"local\" nor \"s3\""
             )),
@@ -492,7 +500,7 @@ impl Config {
         for (i, s) in self.sources.iter().enumerate() {
             let at = format!("sources[{i}]");
             if !ids.insert(s.id.clone()) {
-                problems.push(format_args!("{at}.id"), "empty or used twice");
+                problems.push(format_args!("{at}.id"), "used twice");
             }
             s.problems(&at, &mut problems);
         }
@@ -501,15 +509,12 @@ impl Config {
         for (i, d) in self.destinations.iter().enumerate() {
             let at = format!("destinations[{i}]");
             if !destination_ids.insert(d.id.clone()) {
-                problems.push(
-                    format_args!("{at}.id"),
-                    "empty, used twice, or contains '/' or ','",
-                );
+                problems.push(format_args!("{at}.id"), "used twice");
             }
             d.problems(&at, &mut problems);
             // The transform waits this long for delivery's answer; an attempt that may take
             // longer is given up on while it may still succeed, and sent again: a duplicate.
-            let deadline = crate::stages::DELIVER_DEADLINE;
+            let deadline = transform::DELIVER_DEADLINE;
             if d.longest_attempt() + ANSWER_MARGIN > deadline {
                 problems.push(
                     &at,
@@ -524,8 +529,14 @@ impl Config {
                 );
             }
         }
+        let mut connection_ids = HashSet::new();
         for (i, c) in self.connections.iter().enumerate() {
             let at = format!("connections[{i}]");
+            if let Some(why) = runtime::envelope::route_id_problem(&c.id) {
+                problems.line(format!("{at}.id: {:?} {why}: ids travel in routes", c.id));
+            } else if !connection_ids.insert(c.id.as_str()) {
+                problems.line(format!("{at}.id: used twice"));
+            }
             if self.source(&c.source).is_none() {
                 problems.line(format!("{at}.source: no source {:?}", c.source));
             }
@@ -611,6 +622,45 @@ mod tests {
             );
         }
         assert_eq!(problems.len(), 7, "{problems:#?}");
+    }
+
+    #[test]
+    fn ids_that_cannot_travel_in_routes_and_unknown_kinds_are_named() {
+        let text = r#"
+            [[sources]]
+            id = "web"
+            kind = "http"
+            api_key = "k"
+            api_secret = "s"
+            [[destinations]]
+            id = "a/b"
+            kind = "file"
+            [[connections]]
+            id = "c"
+            source = "web"
+            destinations = ["a/b"]
+            [[connections]]
+            id = "c"
+            source = "web"
+            destinations = ["a/b"]
+        "#;
+        let (config, unknown) = parse(text, []).unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(
+            config.problems_for(SecretsOf::ALL),
+            [
+                "destinations[0].id: \"a/b\" contains '/' or ','".to_owned()
+                    + ": ids travel in routes",
+                "connections[1].id: used twice".to_owned(),
+            ]
+        );
+        let wrong = parse("[[destinations]]\nid = 'x'\nkind = 'kafka'", []).unwrap_err();
+        assert!(
+            wrong.to_string().contains(
+                "destination \"x\": kind \"kafka\" is not one of mparticle, webhook, s3, file"
+            ),
+            "{wrong}"
+        );
     }
 
     #[test]

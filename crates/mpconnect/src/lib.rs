@@ -109,4 +109,3 @@ pub fn init_logs(
         }
     }
 }
-

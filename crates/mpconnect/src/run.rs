@@ -172,7 +172,13 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
     let mut in_process_delivery = None;
     if runs(Target::Delivery) {
         if let Some(names) = shared.config.delivery.peers.clone() {
-            stages::count_peers(names, shared.peers.clone(), delivery_stopped()).await;
+            delivery::limit::count_peers(
+                names,
+                shared.peers.clone(),
+                stages::RESOLVE_EVERY,
+                delivery_stopped(),
+            )
+            .await;
         }
         let delivery = stages::delivery(&shared).await?;
         if target == Target::All {
@@ -199,7 +205,7 @@ async fn run_stages(config: Config, target: Target) -> anyhow::Result<()> {
         let client = match &in_process_delivery {
             Some(delivery) => transform::DeliveryClient::in_process(
                 Arc::new(delivery.clone()),
-                stages::DELIVER_DEADLINE,
+                transform::DELIVER_DEADLINE,
             ),
             None => stages::delivery_client(&endpoint)?,
         };
@@ -291,7 +297,8 @@ fn print_welcome(shared: &Shared, addr: std::net::SocketAddr) {
             continue;
         };
         println!("  webhook:     POST http://{addr}/webhook/{}", source.id);
-        let generated = |s: &Option<config::SecretConfig>| s.as_ref().is_some_and(|s| s.is_generated());
+        let generated =
+            |s: &Option<config::SecretConfig>| s.as_ref().is_some_and(|s| s.is_generated());
         // Only generated local credentials are printed: configured ones stay secret.
         if generated(&http.api_key) && generated(&http.api_secret) {
             let read = |s: &Option<config::SecretConfig>| {

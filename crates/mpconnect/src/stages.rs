@@ -18,9 +18,6 @@ use transform::{DeliveryClient, Transform, TransformSettings};
 
 use crate::config::Config;
 
-/// Where dead letters live in the object store.
-pub const DEAD_LETTER_PREFIX: &str = "dead-letters/";
-
 /// What the stages of one process share: the config, AWS clients, the embedded database and
 /// the object store.
 pub struct Shared {
@@ -136,7 +133,7 @@ impl Shared {
     }
 
     pub fn dead_letters(&self) -> DeadLetters {
-        DeadLetters::new(self.store.clone(), DEAD_LETTER_PREFIX)
+        DeadLetters::new(self.store.clone(), delivery::dlq::DEAD_LETTER_PREFIX)
     }
 }
 
@@ -256,72 +253,13 @@ pub async fn transform(shared: &Shared, client: DeliveryClient) -> anyhow::Resul
 /// TTL, so no transform still calls a pod that has begun to stop.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
-/// Counts the delivery processes named by `delivery.peers` (every address each name resolves
-/// to) once before returning, so no process starts at the whole rate, then every
-/// [`RESOLVE_EVERY`] in the background until `stopped`, setting `peers` to the count. When a
-/// lookup fails, the last count stands: a DNS hiccup must not double every pod's rate.
-pub async fn count_peers(
-    names: String,
-    peers: Peers,
-    stopped: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    async fn recount(names: &str, peers: &Peers) {
-        match tokio::time::timeout(RESOLVE_EVERY, peer_count(names)).await {
-            Ok(Ok(count)) => {
-                if count.max(1) != peers.get() {
-                    tracing::info!(
-                        peers = count,
-                        "delivery peers changed; each takes an equal share of the rate limits"
-                    );
-                }
-                peers.set(count);
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot count delivery peers; keeping the last count")
-            }
-            Err(_) => {
-                tracing::warn!("counting delivery peers took too long; keeping the last count")
-            }
-        }
-    }
-    recount(&names, &peers).await;
-    tokio::spawn(async move {
-        let counting = async {
-            loop {
-                tokio::time::sleep(RESOLVE_EVERY).await;
-                recount(&names, &peers).await;
-            }
-        };
-        tokio::select! {
-            _ = counting => {}
-            _ = stopped => {}
-        }
-    });
-}
-
-/// The distinct addresses that the comma-separated `host:port` names resolve to.
-pub async fn peer_count(names: &str) -> std::io::Result<usize> {
-    let mut found = std::collections::HashSet::new();
-    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        found.extend(tokio::net::lookup_host(name).await?);
-    }
-    Ok(found.len())
-}
-
-/// How long the transform waits for delivery's answer to one call.
-pub const DELIVER_DEADLINE: Duration = Duration::from_secs(60);
-
-/// The transform's client for delivery at `host:port`, re-resolved every few seconds.
+/// The transform's client for delivery at `host:port`, re-resolved every [`RESOLVE_EVERY`].
 pub fn delivery_client(endpoint: &str) -> anyhow::Result<DeliveryClient> {
-    let (host, port) = endpoint
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
-        .with_context(|| format!("the delivery endpoint {endpoint:?} is not host:port"))?;
-    Ok(DeliveryClient::balanced(
-        transform::client::dns(host, port),
+    Ok(DeliveryClient::for_endpoint(
+        endpoint,
         RESOLVE_EVERY,
-        DELIVER_DEADLINE,
-    ))
+        transform::DELIVER_DEADLINE,
+    )?)
 }
 
 pub async fn delivery(shared: &Shared) -> anyhow::Result<Delivery> {

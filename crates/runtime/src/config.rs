@@ -19,7 +19,10 @@ pub enum SecretConfig {
     /// `Debug` of a [`Secret`] prints `[redacted]`: a configuration printed whole shows none.
     Value(Secret),
     Env(String),
-    File { path: PathBuf, generate: bool },
+    File {
+        path: PathBuf,
+        generate: bool,
+    },
 }
 
 impl<'de> Deserialize<'de> for SecretConfig {

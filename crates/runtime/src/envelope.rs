@@ -2,11 +2,18 @@
 //! bodies, and the name of the one RPC between the stages. Each is written here once; ingest,
 //! transform, delivery and the tests read them from here.
 
-/// Queue message attributes (SQS allows at most 10 per message; the SQS queue packs more).
-pub mod attr {
-    /// W3C trace context of the batch.
+/// W3C trace context as HTTP headers (Events API requests in, delivery's requests out) and
+/// gRPC metadata (the Deliver call).
+pub mod header {
     pub const TRACEPARENT: &str = "traceparent";
     pub const TRACESTATE: &str = "tracestate";
+}
+
+/// Queue message attributes (SQS allows at most 10 per message; the SQS queue packs more).
+pub mod attr {
+    /// W3C trace context of the batch, named as the headers are.
+    pub const TRACEPARENT: &str = super::header::TRACEPARENT;
+    pub const TRACESTATE: &str = super::header::TRACESTATE;
     /// The source the data came from (ingest).
     pub const SOURCE: &str = "mp-source";
     /// The body's format: one of [`super::content_type`].
@@ -69,7 +76,7 @@ pub struct RouteKey {
 /// `connection/destination` pairs, comma-separated (a format older transforms read too).
 pub fn route_id_problem(id: &str) -> Option<&'static str> {
     if id.is_empty() {
-        Some("empty")
+        Some("is empty")
     } else if id.contains(['/', ',']) {
         Some("contains '/' or ','")
     } else {
@@ -178,7 +185,10 @@ impl IngestEnvelope {
         put(attr::CONTENT_TYPE, Some(self.content_type.clone()));
         put(attr::TRACEPARENT, self.traceparent.clone());
         put(attr::TRACESTATE, self.tracestate.clone());
-        put(attr::RECEIVED_AT, self.received_at_ms.map(|t| t.to_string()));
+        put(
+            attr::RECEIVED_AT,
+            self.received_at_ms.map(|t| t.to_string()),
+        );
         put(attr::ENDPOINT, self.endpoint.clone());
         put(attr::HISTORICAL, self.historical.then(|| "true".to_owned()));
         if let Some(origin) = &self.s3_origin {
@@ -304,9 +314,16 @@ mod tests {
         };
         let message = envelope.to_message(vec![1, 2]);
         assert_eq!(message.attributes[attr::ROUTE], "c/mp,c/s3");
-        assert_eq!(IngestEnvelope::from_attributes(&message.attributes), Ok(envelope));
+        assert_eq!(
+            IngestEnvelope::from_attributes(&message.attributes),
+            Ok(envelope)
+        );
         let plain = IngestEnvelope::new("web", content_type::JSON);
-        assert_eq!(plain.to_attributes().len(), 2, "absent fields write nothing");
+        assert_eq!(
+            plain.to_attributes().len(),
+            2,
+            "absent fields write nothing"
+        );
         assert!(plain.is_json());
     }
 
@@ -331,7 +348,10 @@ mod tests {
             traceparent: None,
         };
         let message = envelope.to_message(Vec::new());
-        assert_eq!(ParkedEnvelope::from_attributes(&message.attributes), envelope);
+        assert_eq!(
+            ParkedEnvelope::from_attributes(&message.attributes),
+            envelope
+        );
         let long = "x".repeat(2000);
         let kept = rejected(message, &long);
         let (because, before) = rejection(kept.attributes);

@@ -15,11 +15,11 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use config::SecretConfig;
 pub use queue::{
     AnyQueue, Attributes, ClaimChecked, Depth, Message, Queue, QueueError, Receipt, ReceiveOptions,
     Received,
 };
-pub use config::SecretConfig;
 pub use secret::{Secret, SecretSource};
 pub use store::{AnyStore, ObjectInfo, ObjectStore, StoreError};
 

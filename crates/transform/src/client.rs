@@ -22,12 +22,21 @@ use tonic::transport::Endpoint;
 use tonic::transport::channel::Change;
 use tracing::Instrument as _;
 
+#[derive(Debug, thiserror::Error)]
+#[error("the delivery endpoint {0:?} is not host:port")]
+pub struct EndpointError(String);
+
 /// Finds delivery's addresses now.
 pub type Resolve = Arc<
     dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>
         + Send
         + Sync,
 >;
+
+/// How long the transform waits for delivery's answer to one call: longer than any
+/// destination's attempt may take (configuration checks that), so an answer is never given up
+/// on while it may still come.
+pub const DELIVER_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Resolves `host:port` through the system's resolver (a headless Service's DNS name gives
 /// one address per ready pod).
@@ -67,6 +76,20 @@ enum Transport {
 impl DeliveryClient {
     /// A client balanced over what `resolve` finds, re-resolved every `every`. Must be made
     /// inside a Tokio runtime; the resolving task ends when the last clone is dropped.
+    /// A balanced client for delivery at `endpoint` (`host:port`, `[v6]:port`), resolved
+    /// again every `every`.
+    pub fn for_endpoint(
+        endpoint: &str,
+        every: Duration,
+        deadline: Duration,
+    ) -> Result<Self, EndpointError> {
+        let (host, port) = endpoint
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| EndpointError(endpoint.to_owned()))?;
+        Ok(Self::balanced(dns(host, port), every, deadline))
+    }
+
     pub fn balanced(resolve: Resolve, every: Duration, deadline: Duration) -> Self {
         let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
         tokio::spawn(async move {
@@ -154,10 +177,10 @@ impl DeliveryClient {
         if let Some(context) = telemetry::context_of(&span) {
             let metadata = request.metadata_mut();
             if let Ok(value) = context.traceparent.parse() {
-                metadata.insert("traceparent", value);
+                metadata.insert(runtime::envelope::header::TRACEPARENT, value);
             }
             if let Some(Ok(value)) = context.tracestate.map(|s| s.parse()) {
-                metadata.insert("tracestate", value);
+                metadata.insert(runtime::envelope::header::TRACESTATE, value);
             }
         }
         let call = async {

@@ -202,7 +202,7 @@ impl Transform {
                 problems.push(format!("{at}: the id is used twice"));
             }
             if let Some(why) = envelope::route_id_problem(&c.id) {
-                problems.push(format!("{at}: the id is {why}"));
+                problems.push(format!("{at}: the id {why}"));
             }
             if c.destinations.is_empty() {
                 problems.push(format!("{at}: no destinations"));
@@ -780,7 +780,8 @@ impl Transform {
         }
     }
 
-    /// Full jitter over an exponential step: spreads retries of a burst.
+    /// Equal jitter over an exponential step (half the step, plus up to the other half at
+    /// random): spreads retries of a burst, never retrying at once.
     fn backoff(&self, attempts: u32) -> Duration {
         let s = &self.inner.settings;
         let step = s
@@ -927,7 +928,13 @@ fn dedupe_keys(
         keys.push(Key::of(&[connection, destination, "b", id]));
     }
     if let Some(id) = &batch.source_request_id {
-        keys.push(Key::of(&[connection, destination, "r", &envelope.source, id]));
+        keys.push(Key::of(&[
+            connection,
+            destination,
+            "r",
+            &envelope.source,
+            id,
+        ]));
     }
     keys
 }

@@ -10,7 +10,7 @@ pub mod rules;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use client::{DeliveryClient, DeliveryError, Resolve};
+pub use client::{DELIVER_DEADLINE, DeliveryClient, DeliveryError, Resolve};
 pub use consumer::{Connection, Transform, TransformSettings, TransformStats};
 pub use dedupe::{DedupeSettings, DedupeWindow, Key as DedupeKey};
 pub use rules::Rules;

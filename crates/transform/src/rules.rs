@@ -36,9 +36,8 @@ fn environment_by_name<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Environment>, D::Error> {
     let name: Option<String> = serde::Deserialize::deserialize(d)?;
-    Ok(name.map(|name| {
-        schema::json::environment_from_name(&name).unwrap_or(Environment::Unspecified)
-    }))
+    Ok(name
+        .map(|name| schema::json::environment_from_name(&name).unwrap_or(Environment::Unspecified)))
 }
 
 /// What applying the rules did to one batch.
@@ -110,12 +109,12 @@ impl Rules {
         }
     }
 
-    /// Applies the rules in place.
     /// No rule set: the connection passes batches on as they are.
     pub fn is_empty(&self) -> bool {
         *self == Rules::default()
     }
 
+    /// Applies the rules in place.
     pub fn apply(&self, batch: &mut Batch) -> Applied {
         let events_in = batch.events.len();
         batch.events.retain(|e| self.keeps(e));

@@ -3,7 +3,8 @@
 //! one write and one sync (group commit).
 
 pub mod config;
-pub mod sink;
+mod driver;
+mod writer;
 
 pub use config::{FileConfig, FileSettings};
-pub use sink::FileDriver;
+pub use driver::FileDriver;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use runtime::SecretSource;
 use runtime::config::{Problems, SecretConfig};
 
-use super::request_builder::Limits;
+use super::request_builder::PackLimits;
 use crate::config::{BuildContext, BuildError};
 use crate::limit::LimitSettings;
 
@@ -47,7 +47,8 @@ pub struct MparticleSettings {
     /// The workspace's server-to-server key and secret (HTTP Basic).
     pub api_key: SecretSource,
     pub api_secret: SecretSource,
-    pub limits: Limits,
+    /// mParticle's size limits, which requests are packed within.
+    pub packing: PackLimits,
     /// Concurrency and rate; the rate starts at mParticle's default of 270 batches/s.
     pub limit: LimitSettings,
     /// One request gets at most this long.
@@ -64,7 +65,7 @@ impl MparticleSettings {
             base_url: base_url.into(),
             api_key,
             api_secret,
-            limits: Limits::default(),
+            packing: PackLimits::default(),
             limit: LimitSettings {
                 rate: Some(270.0),
                 // A tenth of the default: slow, but never starved by a burst of 429s.

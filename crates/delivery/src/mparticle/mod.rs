@@ -3,9 +3,9 @@
 //! and a rate limit that honours `Retry-After` and `X-mp-rate-limit-percentage-used`.
 
 pub mod config;
+pub mod driver;
 pub mod request_builder;
-pub mod service;
 
 pub use config::{MparticleConfig, MparticleSettings, Pod};
-pub use request_builder::{Limits, PackError, Part, Request, pack};
-pub use service::MparticleDriver;
+pub use driver::MparticleDriver;
+pub use request_builder::{PackError, PackLimits, Part, Request, pack};

@@ -7,16 +7,17 @@
 use schema::v1::Batch;
 use schema::{Dialect, limits};
 
+/// What one request may hold (mParticle's limits, NOTES §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct PackLimits {
     pub max_batches: usize,
     pub max_request_bytes: usize,
     pub max_batch_bytes: usize,
 }
 
-impl Default for Limits {
+impl Default for PackLimits {
     fn default() -> Self {
-        Limits {
+        PackLimits {
             max_batches: limits::MAX_BATCHES_PER_REQUEST,
             max_request_bytes: limits::MAX_REQUEST_BYTES,
             max_batch_bytes: limits::MAX_BATCH_BYTES,
@@ -62,7 +63,7 @@ pub enum PackError {
 /// A batch that cannot be made to fit is reported by its position, and the others still pack.
 pub fn pack<'a, K: Clone>(
     batches: impl IntoIterator<Item = (K, &'a Batch)>,
-    limits: Limits,
+    limits: PackLimits,
 ) -> (Vec<Request<K>>, Vec<(K, PackError)>) {
     let mut encoded: Vec<(Part<K>, Vec<u8>)> = Vec::new();
     let mut refused = Vec::new();
@@ -232,7 +233,7 @@ mod tests {
         let (full, as_sent) = schema::parse_batch_as_sent(sent).unwrap();
         assert!(as_sent);
         let through = schema::pass_through(&full, sent).unwrap();
-        let (requests, refused) = pack([(0usize, &through), (1, &full)], Limits::default());
+        let (requests, refused) = pack([(0usize, &through), (1, &full)], PackLimits::default());
         assert!(refused.is_empty());
         assert_eq!(requests.len(), 1);
         let body = &requests[0].body;
@@ -257,7 +258,7 @@ mod tests {
         let full = big(300, "big");
         let json = schema::encode_batch(&full, Dialect::Inbound);
         let through = schema::pass_through(&full, &json).unwrap();
-        let limits = Limits::default();
+        let limits = PackLimits::default();
         let (requests, refused) = pack([(0usize, &through)], limits);
         assert!(refused.is_empty());
         check(&requests, limits);
@@ -265,7 +266,7 @@ mod tests {
         assert!(parts > 1, "split into {parts} parts");
     }
 
-    fn check(requests: &[Request<usize>], limits: Limits) {
+    fn check(requests: &[Request<usize>], limits: PackLimits) {
         for r in requests {
             assert!(
                 r.body.len() <= limits.max_request_bytes,
@@ -286,9 +287,9 @@ mod tests {
     fn small_batches_fill_requests_up_to_the_byte_limit() {
         let input: Vec<(usize, Batch)> = batches(1..31).into_iter().enumerate().collect();
         let count = input.len();
-        let (requests, refused) = pack(input.iter().map(|(k, b)| (*k, b)), Limits::default());
+        let (requests, refused) = pack(input.iter().map(|(k, b)| (*k, b)), PackLimits::default());
         assert!(refused.is_empty());
-        check(&requests, Limits::default());
+        check(&requests, PackLimits::default());
         assert_eq!(requests.iter().map(|r| r.parts.len()).sum::<usize>(), count);
         // ~12 KB batches: about 21 to a 256 KB request, and every request but the last full.
         for r in &requests[..requests.len() - 1] {
@@ -315,7 +316,7 @@ mod tests {
                 )
             })
             .collect();
-        let (requests, _) = pack(tiny.iter().map(|(k, b)| (*k, b)), Limits::default());
+        let (requests, _) = pack(tiny.iter().map(|(k, b)| (*k, b)), PackLimits::default());
         assert_eq!(
             requests.iter().map(|r| r.parts.len()).collect::<Vec<_>>(),
             [100, 100, 50]
@@ -329,9 +330,9 @@ mod tests {
         assert!(
             schema::encode_batch(&original, Dialect::Inbound).len() > 3 * limits::MAX_BATCH_BYTES
         );
-        let (requests, refused) = pack([(7usize, &original)], Limits::default());
+        let (requests, refused) = pack([(7usize, &original)], PackLimits::default());
         assert!(refused.is_empty());
-        check(&requests, Limits::default());
+        check(&requests, PackLimits::default());
         let parts: Vec<Batch> = requests
             .iter()
             .flat_map(|r| schema::decode_batches(&r.body).unwrap())
@@ -391,7 +392,7 @@ mod tests {
         let fine = batches(1..2);
         let mut input = vec![(0usize, fine[0].clone()), (1, huge)];
         input.push((2, fine[1].clone()));
-        let (requests, refused) = pack(input.iter().map(|(k, b)| (*k, b)), Limits::default());
+        let (requests, refused) = pack(input.iter().map(|(k, b)| (*k, b)), PackLimits::default());
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].0, 1);
         assert!(matches!(
@@ -411,7 +412,7 @@ mod tests {
         b.message_type = Some("events".into());
         b.unique_id = Some("u".into());
         b.events[0].message_id = Some("m".into());
-        let (requests, _) = pack([(0usize, &b)], Limits::default());
+        let (requests, _) = pack([(0usize, &b)], PackLimits::default());
         let body = String::from_utf8(requests[0].body.clone()).unwrap();
         assert!(
             !body.contains("\"message_type\"")

@@ -52,7 +52,10 @@ pub struct S3Config {
 impl S3Config {
     pub fn problems(&self, at: &str, problems: &mut Problems) {
         if self.bucket.is_none() {
-            problems.push(format_args!("{at}.bucket"), "required for an s3 destination");
+            problems.push(
+                format_args!("{at}.bucket"),
+                "required for an s3 destination",
+            );
         }
     }
 
@@ -63,7 +66,9 @@ impl S3Config {
             folder: self.folder.clone(),
             date_folders: self.date_folders.unwrap_or(defaults.date_folders),
             gzip: self.gzip.unwrap_or(defaults.gzip),
-            max_bytes: self.max_file_bytes.map_or(defaults.max_bytes, |b| b as usize),
+            max_bytes: self
+                .max_file_bytes
+                .map_or(defaults.max_bytes, |b| b as usize),
             max_age: self
                 .max_file_age_ms
                 .map_or(defaults.max_age, Duration::from_millis),

@@ -3,7 +3,8 @@
 //! date folders. Files roll by size and age; a batch is delivered once its file is in S3.
 
 pub mod config;
-pub mod sink;
+mod driver;
+mod writer;
 
 pub use config::{S3Config, S3ExportSettings};
-pub use sink::S3Driver;
+pub use driver::S3Driver;

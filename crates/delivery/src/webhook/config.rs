@@ -51,7 +51,8 @@ impl WebhookConfig {
     }
 
     pub fn settings(&self, context: &BuildContext) -> Result<WebhookSettings, BuildError> {
-        let mut settings = WebhookSettings::new(self.url.clone().ok_or(BuildError::Missing("url"))?);
+        let mut settings =
+            WebhookSettings::new(self.url.clone().ok_or(BuildError::Missing("url"))?);
         settings.authorization = self
             .authorization
             .as_ref()

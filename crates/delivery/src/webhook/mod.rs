@@ -2,7 +2,7 @@
 //! output sends them, with a configured `Authorization`.
 
 pub mod config;
-pub mod service;
+pub mod driver;
 
 pub use config::{WebhookConfig, WebhookSettings};
-pub use service::WebhookDriver;
+pub use driver::WebhookDriver;

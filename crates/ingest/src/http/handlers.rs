@@ -163,7 +163,10 @@ async fn accept(
     let now = now_ms();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     // The caller's trace carries every batch; without one, each batch starts its own.
-    let caller = TraceContext::continue_from(header("traceparent"), header("tracestate"));
+    let caller = TraceContext::continue_from(
+        header(envelope::header::TRACEPARENT),
+        header(envelope::header::TRACESTATE),
+    );
     let is_array =
         door != Door::Events && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
 

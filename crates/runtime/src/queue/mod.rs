@@ -5,8 +5,8 @@
 //! backends honour the same contract; `tests/queue_contract.rs` runs one suite against both.
 
 mod claim_check;
-mod heartbeat;
 mod embedded;
+mod heartbeat;
 mod sqs;
 
 use std::collections::BTreeMap;
@@ -16,8 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use claim_check::{ClaimChecked, DEFAULT_CLAIM_CHECK_THRESHOLD, plain_size};
-pub use heartbeat::Heartbeat;
 pub use embedded::{EmbeddedDb, EmbeddedQueue, EmbeddedSync};
+pub use heartbeat::Heartbeat;
 pub use sqs::{Keeping, SqsQueue, SqsSettings};
 
 use crate::envelope::attr;

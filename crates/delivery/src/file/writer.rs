@@ -1,30 +1,14 @@
-//! The writer thread: takes every waiting write, appends them, syncs once, answers all.
+//! The writer thread: takes every waiting write, appends them, syncs once, answers all
+//! (group commit), rolling files by size and age.
 
 use std::fs::File;
 use std::io::Write;
 use std::sync::mpsc;
 use std::time::{Instant, SystemTime};
 
-use schema::v1::RoutedBatch;
-
 use super::config::FileSettings;
-use crate::driver::{Answer, BoxFuture, Driver, PendingLines, write_through};
 use crate::layout;
-
-pub struct FileDriver {
-    writes: mpsc::Sender<PendingLines>,
-}
-
-impl FileDriver {
-    pub fn new(settings: FileSettings) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&settings.dir)?;
-        let (writes, pending) = mpsc::channel::<PendingLines>();
-        std::thread::Builder::new()
-            .name("file-destination".into())
-            .spawn(move || write_loop(settings, pending))?;
-        Ok(FileDriver { writes })
-    }
-}
+use crate::writer::PendingLines;
 
 struct Current {
     file: File,
@@ -32,7 +16,7 @@ struct Current {
     opened: Instant,
 }
 
-fn write_loop(settings: FileSettings, pending: mpsc::Receiver<PendingLines>) {
+pub(super) fn write_loop(settings: FileSettings, pending: mpsc::Receiver<PendingLines>) {
     let mut current: Option<Current> = None;
     while let Ok(first) = pending.recv() {
         let mut group = vec![first];
@@ -92,20 +76,4 @@ fn open(settings: &FileSettings) -> Result<Current, String> {
         bytes: 0,
         opened: Instant::now(),
     })
-}
-
-impl Driver for FileDriver {
-    fn kind(&self) -> &'static str {
-        "file"
-    }
-
-    fn send<'a>(
-        &'a self,
-        batches: &'a [RoutedBatch],
-        _deadline: std::time::Instant,
-    ) -> BoxFuture<'a, Vec<Answer>> {
-        Box::pin(write_through(batches, "file writer", |pending| {
-            self.writes.send(pending).is_ok()
-        }))
-    }
 }

@@ -148,7 +148,10 @@ impl DeliveryService for Delivery {
         request: Request<DeliverRequest>,
     ) -> Result<Response<DeliverResponse>, Status> {
         let header = |name: &str| request.metadata().get(name).and_then(|v| v.to_str().ok());
-        let caller = TraceContext::continue_from(header("traceparent"), header("tracestate"));
+        let caller = TraceContext::continue_from(
+            header(runtime::envelope::header::TRACEPARENT),
+            header(runtime::envelope::header::TRACESTATE),
+        );
         let request = request.into_inner();
         let span = runtime::pipeline_span!(
             runtime::envelope::DELIVER_RPC,

@@ -84,7 +84,7 @@ impl MparticleDriver {
                 let (requests, refused) = pack(
                     half.iter()
                         .filter_map(|&i| batches[i].batch.as_ref().map(|b| (i, b))),
-                    self.settings.limits,
+                    self.settings.packing,
                 );
                 answers.extend(
                     refused
@@ -118,7 +118,7 @@ impl Driver for MparticleDriver {
                     let batch: &Batch = b.batch.as_ref()?;
                     (b.historical == wants_historical).then_some((i, batch))
                 });
-                let (requests, refused) = pack(group, self.settings.limits);
+                let (requests, refused) = pack(group, self.settings.packing);
                 for (i, e) in refused {
                     answers[i] = Answer::reject(e.to_string());
                 }

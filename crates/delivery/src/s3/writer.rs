@@ -1,37 +1,23 @@
-//! Gathers lines from concurrent calls into one file, writes it when it is big or old
-//! enough, and answers every caller whose lines it holds.
+//! The writer task: gathers lines from concurrent calls into one file, writes it when it is
+//! big or old enough (or flushed), and answers every caller whose lines it holds.
 
 use std::io::Write;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use runtime::{AnyStore, ObjectStore};
-use schema::v1::RoutedBatch;
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::S3ExportSettings;
-use crate::driver::{Answer, BoxFuture, Driver, PendingLines, write_through};
 use crate::layout;
+use crate::writer::PendingLines;
 
-enum Command {
+pub(super) enum Command {
     Write(PendingLines),
     Flush(oneshot::Sender<()>),
 }
 
-pub struct S3Driver {
-    commands: mpsc::UnboundedSender<Command>,
-}
-
-impl S3Driver {
-    /// Writes into `store` (an S3 bucket, or a local directory in tests and the embedded mode).
-    pub fn new(store: AnyStore, settings: S3ExportSettings) -> Self {
-        let (commands, received) = mpsc::unbounded_channel();
-        tokio::spawn(roll(store, settings, received));
-        S3Driver { commands }
-    }
-}
-
-async fn roll(
+pub(super) async fn roll(
     store: AnyStore,
     settings: S3ExportSettings,
     mut received: mpsc::UnboundedReceiver<Command>,
@@ -122,30 +108,5 @@ async fn write_file(
 fn answer_all(waiting: &mut Vec<oneshot::Sender<Result<(), String>>>, result: Result<(), String>) {
     for done in waiting.drain(..) {
         let _ = done.send(result.clone());
-    }
-}
-
-impl Driver for S3Driver {
-    fn kind(&self) -> &'static str {
-        "s3"
-    }
-
-    fn send<'a>(
-        &'a self,
-        batches: &'a [RoutedBatch],
-        _deadline: std::time::Instant,
-    ) -> BoxFuture<'a, Vec<Answer>> {
-        Box::pin(write_through(batches, "S3 writer", |pending| {
-            self.commands.send(Command::Write(pending)).is_ok()
-        }))
-    }
-
-    fn flush(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let (done, flushed) = oneshot::channel();
-            if self.commands.send(Command::Flush(done)).is_ok() {
-                let _ = flushed.await;
-            }
-        })
     }
 }
