@@ -17,7 +17,7 @@ use runtime::{Message, Queue, QueueError, ReceiveOptions, Received, StageQueue};
 use schema::v1::{Batch, Outcome, RoutedBatch};
 
 use crate::client::{DeliveryClient, DeliveryError};
-use crate::dedupe::{DedupeSettings, DedupeWindow, Key, Tier};
+use crate::dedupe::{DedupeSettings, DedupeWindow, Key, KeySet, Tier};
 use crate::rules::Rules;
 
 /// Joins one source to one or more destinations, through rules: a `[[connections]]` entry.
@@ -113,7 +113,7 @@ struct Inner {
     dedupe: DedupeWindow,
     /// Batch keys other rounds are delivering now: a copy of one of them (a sender's re-send
     /// queued beside the first) waits for that outcome instead of going out beside it.
-    in_flight: Mutex<HashSet<Key>>,
+    in_flight: Mutex<KeySet>,
     /// When each poller last came round (ms since the epoch; 0: not started, MAX: stopped).
     turns: Vec<AtomicI64>,
     stats: TransformStats,
@@ -401,7 +401,7 @@ impl Transform {
         let connections = &self.inner.settings.connections;
         let mut calls: BTreeMap<String, Call> = BTreeMap::new();
         // Keys already routed in this round: a repeat inside one round is a repeat too.
-        let mut in_round: HashSet<Key> = HashSet::new();
+        let mut in_round = KeySet::default();
         for (m, item) in round.iter_mut().enumerate() {
             let had_events = !item.batch.events.is_empty();
             // Summed over every route, for the message's span.
@@ -486,12 +486,12 @@ impl Transform {
         destination: &str,
         mut out: Batch,
         had_events: bool,
-        in_round: &mut HashSet<Key>,
+        in_round: &mut KeySet,
         reserved: &mut Reservation,
     ) -> Planned {
         let inner = &self.inner;
         let counted = |what: Events, n: usize| inner.stats.count_events(&connection.id, what, n);
-        let seen = |tier: Tier, key: &Key, in_round: &HashSet<Key>| {
+        let seen = |tier: Tier, key: &Key, in_round: &KeySet| {
             in_round.contains(key) || inner.dedupe.contains(tier, key)
         };
         let (message, envelope) = (&item.message, &item.envelope);
@@ -946,7 +946,7 @@ fn event_key(connection: &str, destination: &str, source: &str, id: &str) -> Key
 /// A round's claim on the batch keys it delivers, given back when dropped (a panicking round
 /// too, so no key stays claimed).
 struct Reservation<'a> {
-    in_flight: &'a Mutex<HashSet<Key>>,
+    in_flight: &'a Mutex<KeySet>,
     keys: Vec<Key>,
 }
 

@@ -7,9 +7,12 @@
 //! - it is the most tested embedded store there is, and an operator can open the file with
 //!   `sqlite3` to look at a stuck message, which a key-value store such as redb cannot offer.
 //!
-//! Many queues (ingest, retry queues, dead-letter queues) share one database file.
+//! Many queues (ingest, retry queues, dead-letter queues) share one database file. The rows
+//! hold each message's state and the place of its body; the bodies themselves are appended to
+//! segment files beside the database ([`body_log`](super::body_log)), written once and read
+//! once, never copied through the WAL and the checkpoint.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
+use super::body_log::{self, BodyLog, Place};
 use super::{Depth, Message, Queue, QueueError, Receipt, ReceiveOptions, Received};
 use crate::now_ms;
 
@@ -44,9 +48,15 @@ struct Inner {
     changed: Notify,
 }
 
+/// What the writer thread owns: the connection and the bodies' segments.
+struct Writer {
+    conn: Connection,
+    log: BodyLog,
+}
+
 /// Work for the writer thread: runs inside the open transaction and returns what to do once
 /// the transaction's fate is known.
-type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+type Job = Box<dyn FnOnce(&mut Writer) -> Finish + Send>;
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Copies the WAL into the database every so often, without blocking the writer (PASSIVE),
@@ -63,12 +73,27 @@ fn checkpointer(conn: Connection, alive: std::sync::Weak<Inner>) {
 /// Most jobs one transaction takes; more wait for the next.
 const GROUP_COMMIT_MAX: usize = 64;
 
+/// How often segments that no message needs are removed (and nearly empty ones compacted).
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
+
 /// The writer thread: group commit. It takes every job waiting, runs each in a savepoint of
 /// one transaction, commits once, and only then answers each. Concurrent senders, receivers
 /// and ackers share a commit instead of queueing for one each; nobody hears "done" before the
 /// data is committed.
-fn writer(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
+fn writer(mut w: Writer, jobs: std::sync::mpsc::Receiver<Job>) {
+    let mut collected = Instant::now();
+    loop {
+        if collected.elapsed() >= COLLECT_EVERY {
+            if let Err(e) = collect(&mut w) {
+                tracing::warn!(error = %e, "embedded queue: cannot collect segments");
+            }
+            collected = Instant::now();
+        }
+        let first = match jobs.recv_timeout(COLLECT_EVERY) {
+            Ok(job) => job,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_MAX {
             match jobs.try_recv() {
@@ -76,15 +101,15 @@ fn writer(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
+        if let Err(e) = run_cached(&w.conn, "BEGIN IMMEDIATE") {
             // Dropping the jobs unrun tells each caller it failed.
             tracing::error!(error = %e, jobs = batch.len(), "embedded queue: cannot begin a transaction");
             continue;
         }
-        let finishers: Vec<Finish> = batch.into_iter().map(|job| job(&conn)).collect();
-        let committed = run_cached(&conn, "COMMIT").map_err(|e| e.to_string());
+        let finishers: Vec<Finish> = batch.into_iter().map(|job| job(&mut w)).collect();
+        let committed = commit(&mut w);
         if committed.is_err() {
-            let _ = run_cached(&conn, "ROLLBACK");
+            let _ = run_cached(&w.conn, "ROLLBACK");
         }
         for finish in finishers {
             finish(committed.clone());
@@ -92,28 +117,230 @@ fn writer(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
     }
 }
 
-/// The state a receive changes (visibility, receive count) sits apart from the bodies, so a
-/// receive rewrites a few small rows instead of every 1 KB body: bodies are written once, on
-/// send, and deleted once, on ack.
+/// Commits what the jobs did, the bodies they appended made durable first.
+fn commit(w: &mut Writer) -> Result<(), String> {
+    w.log.sync_before_commit().map_err(|e| e.to_string())?;
+    run_cached(&w.conn, "COMMIT").map_err(|e| e.to_string())
+}
+
+/// Removes the segments no message points into, and moves the few messages still in a
+/// mostly-acknowledged segment (a batch parked for hours in a retry queue) to the active one,
+/// so one old message does not keep a whole segment on disk.
+fn collect(w: &mut Writer) -> Result<(), QueueError> {
+    let mut live: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
+    {
+        let mut rows = w
+            .conn
+            .prepare_cached(
+                "SELECT segment, SUM(body_len + attributes_len) FROM entries GROUP BY segment",
+            )
+            .map_err(db_error)?;
+        let found = rows
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db_error)?;
+        for row in found {
+            let (segment, bytes) = row.map_err(db_error)?;
+            live.insert(segment, bytes as u64);
+        }
+    }
+    let mut unused = Vec::new();
+    let mut sparse = Vec::new();
+    for (segment, size) in w.log.closed_segments()? {
+        match live.get(&segment) {
+            None => unused.push(segment),
+            Some(&bytes) if bytes * 4 < size => sparse.push(segment),
+            Some(_) => {}
+        }
+    }
+    if !sparse.is_empty() {
+        run_cached(&w.conn, "BEGIN IMMEDIATE").map_err(db_error)?;
+        let moved = sparse
+            .iter()
+            .try_for_each(|&segment| move_out_of(w, segment))
+            .and_then(|()| commit(w).map_err(QueueError::Unavailable));
+        match moved {
+            Ok(()) => unused.extend(sparse),
+            Err(e) => {
+                let _ = run_cached(&w.conn, "ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
+    for segment in unused {
+        w.log.remove(segment);
+    }
+    Ok(())
+}
+
+/// Moves every message in `segment` to the active segment.
+fn move_out_of(w: &mut Writer, segment: i64) -> Result<(), QueueError> {
+    let places: Vec<(i64, Place)> = {
+        let mut rows = w
+            .conn
+            .prepare_cached(
+                "SELECT id, offset, body_len, attributes_len FROM entries WHERE segment = ?1",
+            )
+            .map_err(db_error)?;
+        rows.query_map(params![segment], |r| {
+            Ok((
+                r.get(0)?,
+                Place {
+                    segment,
+                    offset: r.get::<_, i64>(1)? as u64,
+                    body_len: r.get::<_, i64>(2)? as u64,
+                    attributes_len: r.get::<_, i64>(3)? as u64,
+                },
+            ))
+        })
+        .map_err(db_error)?
+        .collect::<Result<_, _>>()
+        .map_err(db_error)?
+    };
+    for (id, place) in places {
+        let (body, attributes) = w.log.read(place)?;
+        let to = w.log.append(&body, &attributes, false)?;
+        w.conn
+            .prepare_cached("UPDATE entries SET segment = ?1, offset = ?2 WHERE id = ?3")
+            .and_then(|mut s| s.execute(params![to.segment, to.offset as i64, id]))
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// A row per message: its state (visibility, receive count) and where its body is. Rows are
+/// small, so a receive rewrites little; bodies are written once, on send, and their segment
+/// goes when every message in it is acknowledged.
 const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS messages (
-        id            INTEGER PRIMARY KEY AUTOINCREMENT,
-        queue         TEXT    NOT NULL,
-        sent_at       INTEGER NOT NULL,
-        visible_at    INTEGER NOT NULL,
-        receive_count INTEGER NOT NULL DEFAULT 0
+    CREATE TABLE IF NOT EXISTS entries (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue          TEXT    NOT NULL,
+        sent_at        INTEGER NOT NULL,
+        visible_at     INTEGER NOT NULL,
+        receive_count  INTEGER NOT NULL DEFAULT 0,
+        segment        INTEGER NOT NULL,
+        offset         INTEGER NOT NULL,
+        body_len       INTEGER NOT NULL,
+        attributes_len INTEGER NOT NULL
     );
-    CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, id);
-    CREATE TABLE IF NOT EXISTS bodies (
-        id         INTEGER PRIMARY KEY,
-        body       BLOB NOT NULL,
-        attributes TEXT NOT NULL
-    );
+    CREATE INDEX IF NOT EXISTS entries_ready ON entries (queue, visible_at, id);
 ";
+
+/// A message as an earlier version kept it: id, queue, sent at, visible at, receive count,
+/// body, attributes.
+type OldRow = (i64, String, i64, i64, i64, Vec<u8>, String);
+
+/// Moves what a database written by an earlier version holds (bodies in the `bodies` table)
+/// into the segments, keeping every message's id, state and order, in one transaction.
+fn migrate(w: &mut Writer) -> Result<(), QueueError> {
+    let old: bool = w
+        .conn
+        .query_row(
+            "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bodies')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_error)?;
+    if !old {
+        return Ok(());
+    }
+    run_cached(&w.conn, "BEGIN IMMEDIATE").map_err(db_error)?;
+    let moved = (|| {
+        let rows: Vec<OldRow> = {
+            let mut select = w
+                .conn
+                .prepare(
+                    "SELECT m.id, m.queue, m.sent_at, m.visible_at, m.receive_count, b.body,
+                            b.attributes
+                     FROM messages m JOIN bodies b ON b.id = m.id ORDER BY m.id",
+                )
+                .map_err(db_error)?;
+            select
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })
+                .map_err(db_error)?
+                .collect::<Result<_, _>>()
+                .map_err(db_error)?
+        };
+        let count = rows.len();
+        for (id, queue, sent_at, visible_at, receive_count, body, attributes) in rows {
+            let place = w.log.append(&body, attributes.as_bytes(), false)?;
+            insert_entry(
+                &w.conn,
+                Some(id),
+                &queue,
+                sent_at,
+                visible_at,
+                receive_count,
+                place,
+            )?;
+        }
+        w.conn
+            .execute_batch("DROP TABLE bodies; DROP TABLE messages;")
+            .map_err(db_error)?;
+        w.log.force_sync()?;
+        run_cached(&w.conn, "COMMIT").map_err(db_error)?;
+        tracing::info!(
+            messages = count,
+            "embedded queue: bodies moved to segment files"
+        );
+        Ok(())
+    })();
+    if moved.is_err() {
+        let _ = run_cached(&w.conn, "ROLLBACK");
+    }
+    moved
+}
+
+fn insert_entry(
+    conn: &Connection,
+    id: Option<i64>,
+    queue: &str,
+    sent_at: i64,
+    visible_at: i64,
+    receive_count: i64,
+    place: Place,
+) -> Result<i64, QueueError> {
+    conn.prepare_cached(
+        "INSERT INTO entries (id, queue, sent_at, visible_at, receive_count, segment, offset,
+                              body_len, attributes_len)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            queue,
+            sent_at,
+            visible_at,
+            receive_count,
+            place.segment,
+            place.offset as i64,
+            place.body_len as i64,
+            place.attributes_len as i64
+        ])
+    })
+    .map_err(db_error)?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Where the segments of the database at `path` are kept.
+fn segments_dir(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".segments");
+    path.with_file_name(name)
+}
 
 fn db_error(e: rusqlite::Error) -> QueueError {
     if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-        return QueueError::Unavailable("embedded queue: full (its size cap or the disk)".into());
+        return body_log::full();
     }
     QueueError::Unavailable(format!("embedded queue: {e}"))
 }
@@ -121,6 +348,14 @@ fn db_error(e: rusqlite::Error) -> QueueError {
 impl EmbeddedDb {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path, sync: EmbeddedSync) -> Result<Self, QueueError> {
+        Self::open_with_segments(path, sync, body_log::SEGMENT_BYTES)
+    }
+
+    fn open_with_segments(
+        path: &Path,
+        sync: EmbeddedSync,
+        segment_bytes: u64,
+    ) -> Result<Self, QueueError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -147,10 +382,17 @@ impl EmbeddedDb {
         checkpoints
             .execute_batch("PRAGMA busy_timeout = 5000")
             .map_err(db_error)?;
+        let log = BodyLog::open(
+            &segments_dir(path),
+            sync == EmbeddedSync::Full,
+            segment_bytes,
+        )?;
+        let mut w = Writer { conn, log };
+        migrate(&mut w)?;
         let (jobs, queued) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("embedded-queue".into())
-            .spawn(move || writer(conn, queued))
+            .spawn(move || writer(w, queued))
             .map_err(|e| QueueError::Config(format!("cannot start the queue writer: {e}")))?;
         let inner = Arc::new(Inner {
             jobs: Mutex::new(jobs),
@@ -168,7 +410,9 @@ impl EmbeddedDb {
     /// (the sender answers 503 and retries later) instead of filling the disk; receives and
     /// acks still work, and free space as they go.
     pub async fn set_max_size(&self, bytes: Option<u64>) -> Result<(), QueueError> {
-        self.run(move |conn| {
+        self.run(move |w| {
+            w.log.cap = bytes;
+            let conn = &w.conn;
             let page_size: i64 = conn
                 .query_row("PRAGMA page_size", [], |r| r.get(0))
                 .map_err(db_error)?;
@@ -207,11 +451,11 @@ impl EmbeddedDb {
     /// once that commit is done.
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+        work: impl FnOnce(&mut Writer) -> Result<T, QueueError> + Send + 'static,
     ) -> Result<T, QueueError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = in_savepoint(conn, work);
+        let job: Job = Box::new(move |w| {
+            let result = in_savepoint(w, work);
             Box::new(move |committed| {
                 let _ = answer.send(match committed {
                     Ok(()) => result,
@@ -246,15 +490,15 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 
 /// Runs one job so that its failure undoes only its own changes.
 fn in_savepoint<T>(
-    conn: &Connection,
-    work: impl FnOnce(&Connection) -> Result<T, QueueError>,
+    w: &mut Writer,
+    work: impl FnOnce(&mut Writer) -> Result<T, QueueError>,
 ) -> Result<T, QueueError> {
-    run_cached(conn, "SAVEPOINT job").map_err(db_error)?;
-    let result = work(conn);
+    run_cached(&w.conn, "SAVEPOINT job").map_err(db_error)?;
+    let result = work(w);
     if result.is_err() {
-        run_cached(conn, "ROLLBACK TO job").map_err(db_error)?;
+        run_cached(&w.conn, "ROLLBACK TO job").map_err(db_error)?;
     }
-    run_cached(conn, "RELEASE job").map_err(db_error)?;
+    run_cached(&w.conn, "RELEASE job").map_err(db_error)?;
     result
 }
 
@@ -298,7 +542,7 @@ fn millis(d: Duration) -> i64 {
 /// Returns the messages, whether any were dead-lettered, and, when there were none, the time
 /// the next one becomes visible.
 fn receive_now(
-    tx: &Connection,
+    w: &mut Writer,
     queue: &str,
     redrive: Option<&(u32, Arc<str>)>,
     max: usize,
@@ -309,19 +553,33 @@ fn receive_now(
     let mut dead_lettered = false;
     while out.len() < max {
         // Select and claim in one statement.
-        let mut claimed: Vec<(i64, i64, i64)> = {
-            let mut claim = tx
+        let mut claimed: Vec<(i64, i64, i64, Place)> = {
+            let mut claim = w
+                .conn
                 .prepare_cached(
-                    "UPDATE messages SET visible_at = ?1, receive_count = receive_count + 1
-                     WHERE id IN (SELECT id FROM messages WHERE queue = ?2 AND visible_at <= ?3
+                    "UPDATE entries SET visible_at = ?1, receive_count = receive_count + 1
+                     WHERE id IN (SELECT id FROM entries WHERE queue = ?2 AND visible_at <= ?3
                                   ORDER BY visible_at, id LIMIT ?4)
-                     RETURNING id, sent_at, receive_count",
+                     RETURNING id, sent_at, receive_count, segment, offset, body_len,
+                               attributes_len",
                 )
                 .map_err(db_error)?;
             claim
                 .query_map(
                     params![now + visibility_ms, queue, now, (max - out.len()) as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            Place {
+                                segment: r.get(3)?,
+                                offset: r.get::<_, i64>(4)? as u64,
+                                body_len: r.get::<_, i64>(5)? as u64,
+                                attributes_len: r.get::<_, i64>(6)? as u64,
+                            },
+                        ))
+                    },
                 )
                 .map_err(db_error)?
                 .collect::<Result<_, _>>()
@@ -332,12 +590,12 @@ fn receive_now(
         }
         claimed.sort_unstable_by_key(|row| row.0);
         let mut moved_any = false;
-        for (id, sent_at, count) in claimed {
+        for (id, sent_at, count, place) in claimed {
             if let Some((max_receives, dead_letter)) = redrive
                 && count > i64::from(*max_receives)
             {
-                tx.prepare_cached(
-                    "UPDATE messages SET queue = ?1, visible_at = 0, receive_count = 0 WHERE id = ?2",
+                w.conn.prepare_cached(
+                    "UPDATE entries SET queue = ?1, visible_at = 0, receive_count = 0 WHERE id = ?2",
                 )
                 .and_then(|mut s| s.execute(params![&**dead_letter, id]))
                 .map_err(db_error)?;
@@ -345,15 +603,12 @@ fn receive_now(
                 dead_lettered = true;
                 continue;
             }
-            let (body, attributes): (Vec<u8>, String) = tx
-                .prepare_cached("SELECT body, attributes FROM bodies WHERE id = ?1")
-                .and_then(|mut s| s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))))
-                .map_err(db_error)?;
+            let (body, attributes) = w.log.read(place)?;
             out.push(Received {
                 message_id: id.to_string(),
                 receipt: receipt(id, count),
                 body: Bytes::from(body),
-                attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+                attributes: serde_json::from_slice(&attributes).unwrap_or_default(),
                 receive_count: u32::try_from(count).unwrap_or(u32::MAX),
                 sent_at_ms: sent_at,
             });
@@ -364,7 +619,8 @@ fn receive_now(
         }
     }
     let next_visible = if out.is_empty() {
-        tx.prepare_cached("SELECT MIN(visible_at) FROM messages WHERE queue = ?1")
+        w.conn
+            .prepare_cached("SELECT MIN(visible_at) FROM entries WHERE queue = ?1")
             .and_then(|mut s| s.query_row(params![queue], |r| r.get::<_, Option<i64>>(0)))
             .map_err(db_error)?
     } else {
@@ -384,30 +640,14 @@ impl Queue for EmbeddedQueue {
         }
         let queue = self.name.clone();
         self.db
-            .run(move |tx| {
-                {
-                    let mut insert = tx
-                        .prepare_cached(
-                            "INSERT INTO messages (queue, sent_at, visible_at) VALUES (?1, ?2, ?3)",
-                        )
-                        .map_err(db_error)?;
-                    let mut insert_body = tx
-                        .prepare_cached(
-                            "INSERT INTO bodies (id, body, attributes) VALUES (?1, ?2, ?3)",
-                        )
-                        .map_err(db_error)?;
-                    let now = now_ms();
-                    for m in &messages {
-                        let attributes = serde_json::to_string(&m.attributes)
-                            .map_err(|e| QueueError::Rejected(e.to_string()))?;
-                        insert
-                            .execute(params![&*queue, now, now + millis(m.delay)])
-                            .map_err(db_error)?;
-                        let id = tx.last_insert_rowid();
-                        insert_body
-                            .execute(params![id, &m.body[..], attributes])
-                            .map_err(db_error)?;
-                    }
+            .run(move |w| {
+                let now = now_ms();
+                for m in &messages {
+                    let attributes = serde_json::to_vec(&m.attributes)
+                        .map_err(|e| QueueError::Rejected(e.to_string()))?;
+                    let place = w.log.append(&m.body, &attributes, true)?;
+                    let visible_at = now + millis(m.delay);
+                    insert_entry(&w.conn, None, &queue, now, visible_at, 0, place)?;
                 }
                 Ok(())
             })
@@ -430,7 +670,7 @@ impl Queue for EmbeddedQueue {
             let redrive = self.redrive.clone();
             let (messages, next_visible, dead_lettered) = self
                 .db
-                .run(move |conn| receive_now(conn, &queue, redrive.as_ref(), max, visibility_ms))
+                .run(move |w| receive_now(w, &queue, redrive.as_ref(), max, visibility_ms))
                 .await?;
             if dead_lettered {
                 self.db.inner.changed.notify_waiters();
@@ -460,21 +700,15 @@ impl Queue for EmbeddedQueue {
             .map(parse_receipt)
             .collect::<Result<Vec<_>, _>>()?;
         self.db
-            .run(move |tx| {
-                {
-                    let mut delete = tx
-                        .prepare_cached("DELETE FROM messages WHERE id = ?1 AND receive_count = ?2")
-                        .map_err(db_error)?;
-                    let mut delete_body = tx
-                        .prepare_cached("DELETE FROM bodies WHERE id = ?1")
-                        .map_err(db_error)?;
-                    for (id, count) in keys {
-                        // A receipt from an earlier receive deletes nothing: the message is
-                        // with another consumer now, who will ack it.
-                        if delete.execute(params![id, count]).map_err(db_error)? > 0 {
-                            delete_body.execute(params![id]).map_err(db_error)?;
-                        }
-                    }
+            .run(move |w| {
+                let mut delete = w
+                    .conn
+                    .prepare_cached("DELETE FROM entries WHERE id = ?1 AND receive_count = ?2")
+                    .map_err(db_error)?;
+                for (id, count) in keys {
+                    // A receipt from an earlier receive deletes nothing: the message is with
+                    // another consumer now, who will ack it. Its body goes with its segment.
+                    delete.execute(params![id, count]).map_err(db_error)?;
                 }
                 Ok(())
             })
@@ -496,23 +730,24 @@ impl Queue for EmbeddedQueue {
     async fn depth(&self) -> Result<Depth, QueueError> {
         let queue = self.name.clone();
         self.db
-            .run(move |conn| {
+            .run(move |w| {
                 let now = now_ms();
-                conn.query_row(
-                    "SELECT COALESCE(SUM(visible_at <= ?2), 0),
+                w.conn
+                    .query_row(
+                        "SELECT COALESCE(SUM(visible_at <= ?2), 0),
                             COALESCE(SUM(visible_at > ?2 AND receive_count > 0), 0),
                             COALESCE(SUM(visible_at > ?2 AND receive_count = 0), 0)
-                     FROM messages WHERE queue = ?1",
-                    params![&*queue, now],
-                    |r| {
-                        Ok(Depth {
-                            visible: r.get::<_, i64>(0)? as u64,
-                            in_flight: r.get::<_, i64>(1)? as u64,
-                            delayed: r.get::<_, i64>(2)? as u64,
-                        })
-                    },
-                )
-                .map_err(db_error)
+                     FROM entries WHERE queue = ?1",
+                        params![&*queue, now],
+                        |r| {
+                            Ok(Depth {
+                                visible: r.get::<_, i64>(0)? as u64,
+                                in_flight: r.get::<_, i64>(1)? as u64,
+                                delayed: r.get::<_, i64>(2)? as u64,
+                            })
+                        },
+                    )
+                    .map_err(db_error)
             })
             .await
     }
@@ -528,14 +763,15 @@ impl EmbeddedQueue {
         let (id, count) = parse_receipt(receipt)?;
         let changed = self
             .db
-            .run(move |conn| {
+            .run(move |w| {
                 let now = now_ms();
-                conn.prepare_cached(
-                    "UPDATE messages SET visible_at = ?1
+                w.conn
+                    .prepare_cached(
+                        "UPDATE entries SET visible_at = ?1
                      WHERE id = ?2 AND receive_count = ?3 AND visible_at > ?4",
-                )
-                .and_then(|mut s| s.execute(params![now + millis(from_now), id, count, now]))
-                .map_err(db_error)
+                    )
+                    .and_then(|mut s| s.execute(params![now + millis(from_now), id, count, now]))
+                    .map_err(db_error)
             })
             .await?;
         if changed == 0 {
@@ -549,16 +785,129 @@ impl EmbeddedQueue {
     pub async fn oldest_sent_at_ms(&self) -> Result<Option<i64>, QueueError> {
         let queue = self.name.clone();
         self.db
-            .run(move |conn| {
-                conn.query_row(
-                    "SELECT MIN(sent_at) FROM messages WHERE queue = ?1",
-                    params![&*queue],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map(Option::flatten)
-                .map_err(db_error)
+            .run(move |w| {
+                w.conn
+                    .query_row(
+                        "SELECT MIN(sent_at) FROM entries WHERE queue = ?1",
+                        params![&*queue],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map(Option::flatten)
+                    .map_err(db_error)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(max: usize) -> ReceiveOptions {
+        ReceiveOptions {
+            max_messages: max,
+            wait: Duration::from_millis(200),
+            visibility: Duration::from_secs(30),
+        }
+    }
+
+    fn segments(path: &Path) -> usize {
+        std::fs::read_dir(segments_dir(path)).unwrap().count()
+    }
+
+    async fn receive_all(queue: &EmbeddedQueue) -> Vec<Received> {
+        let mut got = Vec::new();
+        loop {
+            let more = queue.receive(options(10)).await.unwrap();
+            if more.is_empty() {
+                return got;
+            }
+            got.extend(more);
+        }
+    }
+
+    /// Acknowledged messages take their segments with them; a segment that only a few
+    /// unacknowledged messages still hold is compacted into the active one, bodies intact.
+    #[tokio::test]
+    async fn segments_go_once_their_messages_are_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let db = EmbeddedDb::open_with_segments(&path, EmbeddedSync::Normal, 4096).unwrap();
+        let queue = db.queue("q");
+        let body = |i: usize| format!("{i:04}").repeat(256);
+        for chunk in (0..100).collect::<Vec<_>>().chunks(10) {
+            let messages = chunk
+                .iter()
+                .map(|&i| Message::new(body(i)).with_attribute("n", i.to_string()))
+                .collect();
+            queue.send(messages).await.unwrap();
+        }
+        assert!(segments(&path) >= 25, "1 KiB bodies in 4 KiB segments");
+        let got = receive_all(&queue).await;
+        assert_eq!(got.len(), 100);
+        let kept = got
+            .iter()
+            .find(|m| m.attributes["n"] == "0")
+            .unwrap()
+            .clone();
+        let done: Vec<Receipt> = got
+            .iter()
+            .filter(|m| m.message_id != kept.message_id)
+            .map(|m| m.receipt.clone())
+            .collect();
+        queue.ack(&done).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while segments(&path) > 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(segments(&path) <= 2, "{} segments left", segments(&path));
+        queue.nack(&kept.receipt, Duration::ZERO).await.unwrap();
+        let again = receive_all(&queue).await;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].body, Bytes::from(body(0)), "moved whole");
+        assert_eq!(again[0].message_id, kept.message_id);
+    }
+
+    /// Bodies and attributes read back after a restart, and a database from before the
+    /// segments is moved over with its ids, states and bodies.
+    #[tokio::test]
+    async fn a_restart_and_an_older_database_keep_every_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL,
+                     sent_at INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+                     receive_count INTEGER NOT NULL DEFAULT 0);
+                 CREATE TABLE bodies (id INTEGER PRIMARY KEY, body BLOB NOT NULL,
+                     attributes TEXT NOT NULL);
+                 INSERT INTO messages VALUES (7, 'q', 1, 0, 2);
+                 INSERT INTO bodies VALUES (7, x'6f6c64', '{\"a\":\"1\"}');",
+            )
+            .unwrap();
+        }
+        {
+            let db = EmbeddedDb::open(&path, EmbeddedSync::Normal).unwrap();
+            db.queue("q")
+                .send(vec![Message::new("new").with_attribute("b", "2")])
+                .await
+                .unwrap();
+        }
+        let db = EmbeddedDb::open(&path, EmbeddedSync::Full).unwrap();
+        let got = receive_all(&db.queue("q")).await;
+        let found: Vec<(String, Bytes, u32)> = got
+            .iter()
+            .map(|m| (m.message_id.clone(), m.body.clone(), m.receive_count))
+            .collect();
+        assert_eq!(found[0], ("7".into(), Bytes::from("old"), 3), "{found:?}");
+        assert_eq!(got[0].attributes["a"], "1");
+        assert_eq!(found[1].1, Bytes::from("new"));
+        assert_eq!(got[1].attributes["b"], "2");
+        assert!(
+            found[1].0.parse::<i64>().unwrap() > 7,
+            "ids are never reused"
+        );
     }
 }

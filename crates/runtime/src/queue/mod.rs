@@ -4,6 +4,7 @@
 //! acknowledged; after `max_receives` receives it moves to the dead-letter queue instead. Both
 //! backends honour the same contract; `tests/queue_contract.rs` runs one suite against both.
 
+mod body_log;
 mod claim_check;
 mod embedded;
 mod heartbeat;
