@@ -93,23 +93,39 @@ impl BodyLog {
         attributes: &[u8],
         capped: bool,
     ) -> Result<Place, QueueError> {
-        let len = (body.len() + attributes.len()) as u64;
+        let places = self.append_all(&[(body, attributes)], capped)?;
+        places.into_iter().next().ok_or_else(full)
+    }
+
+    /// Appends several bodies with their attributes in one write (a send's messages).
+    pub fn append_all(
+        &mut self,
+        records: &[(&[u8], &[u8])],
+        capped: bool,
+    ) -> Result<Vec<Place>, QueueError> {
+        let len: u64 = records
+            .iter()
+            .map(|(body, attributes)| (body.len() + attributes.len()) as u64)
+            .sum();
         if capped && self.cap.is_some_and(|cap| self.total + len > cap) {
             return Err(full());
         }
         if self.active_len >= self.segment_bytes {
             self.roll()?;
         }
-        let place = Place {
-            segment: self.active_id,
-            offset: self.active_len,
-            body_len: body.len() as u64,
-            attributes_len: attributes.len() as u64,
-        };
-        let mut record = Vec::with_capacity(len as usize);
-        record.extend_from_slice(body);
-        record.extend_from_slice(attributes);
-        if let Err(e) = self.active.write_all(&record) {
+        let mut places = Vec::with_capacity(records.len());
+        let mut written = Vec::with_capacity(len as usize);
+        for (body, attributes) in records {
+            places.push(Place {
+                segment: self.active_id,
+                offset: self.active_len + written.len() as u64,
+                body_len: body.len() as u64,
+                attributes_len: attributes.len() as u64,
+            });
+            written.extend_from_slice(body);
+            written.extend_from_slice(attributes);
+        }
+        if let Err(e) = self.active.write_all(&written) {
             // A partial write leaves the segment's end unknown: the next append starts a new
             // one.
             self.active_len = self.segment_bytes;
@@ -119,7 +135,7 @@ impl BodyLog {
         self.active_len += len;
         self.total += len;
         self.unsynced = true;
-        Ok(place)
+        Ok(places)
     }
 
     /// The body and the attributes' bytes at `place`.
