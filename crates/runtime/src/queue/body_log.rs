@@ -37,7 +37,7 @@ pub(super) struct BodyLog {
     /// Bytes in every segment on disk.
     total: u64,
     /// Past this many bytes on disk, appends are refused (the queue is full).
-    pub cap: Option<u64>,
+    cap: Option<u64>,
     readers: HashMap<i64, File>,
     segment_bytes: u64,
     full_sync: bool,
@@ -83,6 +83,27 @@ impl BodyLog {
             full_sync,
             unsynced: false,
         })
+    }
+
+    /// Caps the bytes on disk (`None`: no cap). Segments are then at most an eighth of the
+    /// cap, so what acknowledgements free is given back while the queue is near it: space in
+    /// the active segment is only reclaimed once it is closed.
+    pub fn set_cap(&mut self, cap: Option<u64>) {
+        self.cap = cap;
+        if let Some(cap) = cap {
+            self.segment_bytes = self.segment_bytes.min((cap / 8).max(64 * 1024));
+        }
+    }
+
+    /// The active segment's id, and whether anything was written to it.
+    pub fn active(&self) -> (i64, bool) {
+        (self.active_id, self.active_len > 0)
+    }
+
+    /// Closes the active segment (a new one takes the next append), so that it can be
+    /// collected.
+    pub fn close_active(&mut self) -> Result<(), QueueError> {
+        self.roll()
     }
 
     /// Appends a body and its attributes; `capped`: refused past the cap (sends are; moving

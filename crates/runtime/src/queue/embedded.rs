@@ -143,6 +143,12 @@ fn collect(w: &mut Writer) -> Result<(), QueueError> {
             live.insert(segment, bytes as u64);
         }
     }
+    // A drained queue's active segment is closed, so its bytes go too (under a size cap the
+    // queue must be able to empty its disk, not only its rows).
+    let (active, written) = w.log.active();
+    if written && !live.contains_key(&active) {
+        w.log.close_active()?;
+    }
     let mut unused = Vec::new();
     let mut sparse = Vec::new();
     for (segment, size) in w.log.closed_segments()? {
@@ -411,7 +417,7 @@ impl EmbeddedDb {
     /// acks still work, and free space as they go.
     pub async fn set_max_size(&self, bytes: Option<u64>) -> Result<(), QueueError> {
         self.run(move |w| {
-            w.log.cap = bytes;
+            w.log.set_cap(bytes);
             let conn = &w.conn;
             let page_size: i64 = conn
                 .query_row("PRAGMA page_size", [], |r| r.get(0))
@@ -920,5 +926,35 @@ mod tests {
             found[1].0.parse::<i64>().unwrap() > 7,
             "ids are never reused"
         );
+    }
+
+    /// Under a size cap, a queue that filled and drained takes sends again: acknowledgements
+    /// give the space back, the active segment's too.
+    #[tokio::test]
+    async fn a_full_queue_takes_sends_again_once_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(&dir.path().join("q.db"), EmbeddedSync::Normal).unwrap();
+        // At 64 KiB the active segment can hold the whole cap: only closing it frees it.
+        db.set_max_size(Some(64 * 1024)).await.unwrap();
+        let queue = db.queue("q");
+        let message = || vec![Message::new(vec![b'x'; 8 * 1024])];
+        let mut sent = 0;
+        while queue.send(message()).await.is_ok() {
+            sent += 1;
+            assert!(sent < 100, "the cap holds");
+        }
+        let got = receive_all(&queue).await;
+        assert_eq!(got.len(), sent);
+        let receipts: Vec<Receipt> = got.iter().map(|m| m.receipt.clone()).collect();
+        queue.ack(&receipts).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut taken = false;
+        while !taken && Instant::now() < deadline {
+            taken = queue.send(message()).await.is_ok();
+            if !taken {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        assert!(taken, "still full after every message was acknowledged");
     }
 }
