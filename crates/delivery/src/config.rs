@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runtime::config::{Problems, read_reporting_unknown, unknown_to_all};
+use runtime::config::{Problems, read_component, read_kind};
 use serde::Deserialize;
 
 use crate::destination::{DEFAULT_ATTEMPT_TIMEOUT, DestinationSettings};
@@ -57,19 +57,11 @@ impl DestinationKind {
 
     /// `value` read as the kind named `kind`, and the keys that kind does not know.
     fn read(kind: &str, value: serde_json::Value) -> Result<(Self, BTreeSet<String>), String> {
-        fn read<T: serde::de::DeserializeOwned>(
-            value: serde_json::Value,
-            wrap: fn(T) -> DestinationKind,
-        ) -> Result<(DestinationKind, BTreeSet<String>), String> {
-            read_reporting_unknown(value)
-                .map(|(config, unknown)| (wrap(config), unknown))
-                .map_err(|e| e.to_string())
-        }
         match kind {
-            "mparticle" => read(value, DestinationKind::Mparticle),
-            "webhook" => read(value, DestinationKind::Webhook),
-            "s3" => read(value, DestinationKind::S3),
-            "file" => read(value, DestinationKind::File),
+            "mparticle" => read_kind(value, DestinationKind::Mparticle),
+            "webhook" => read_kind(value, DestinationKind::Webhook),
+            "s3" => read_kind(value, DestinationKind::S3),
+            "file" => read_kind(value, DestinationKind::File),
             other => Err(format!(
                 "kind {other:?} is not one of {}",
                 Self::NAMES.join(", ")
@@ -90,11 +82,11 @@ impl<'de> Deserialize<'de> for DestinationConfig {
             attempt_timeout_ms: Option<u64>,
         }
         let value = serde_json::Value::deserialize(d)?;
-        let (common, unknown_common) =
-            read_reporting_unknown::<Common>(value.clone()).map_err(serde::de::Error::custom)?;
-        let (kind, unknown_kind) = DestinationKind::read(&common.kind, value).map_err(|why| {
-            serde::de::Error::custom(format!("destination {:?}: {why}", common.id))
-        })?;
+        let (common, kind, unknown_keys) = read_component(value, |common: &Common, value| {
+            DestinationKind::read(&common.kind, value)
+                .map_err(|why| format!("destination {:?}: {why}", common.id))
+        })
+        .map_err(serde::de::Error::custom)?;
         Ok(DestinationConfig {
             id: common.id,
             kind,
@@ -102,7 +94,7 @@ impl<'de> Deserialize<'de> for DestinationConfig {
             retry_window_secs: common.retry_window_secs,
             probe_interval_ms: common.probe_interval_ms,
             attempt_timeout_ms: common.attempt_timeout_ms,
-            unknown_keys: unknown_to_all(&[&unknown_common, &unknown_kind]),
+            unknown_keys,
         })
     }
 }

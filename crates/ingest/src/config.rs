@@ -2,7 +2,7 @@
 //! Adding a kind is its folder and one variant of [`SourceKind`].
 
 use runtime::SecretConfig;
-use runtime::config::{Problems, read_reporting_unknown, unknown_to_all};
+use runtime::config::{Problems, read_component, read_kind};
 use serde::Deserialize;
 
 use crate::http::HttpSourceConfig;
@@ -54,24 +54,21 @@ impl<'de> Deserialize<'de> for SourceConfig {
             kind: String,
         }
         let value = serde_json::Value::deserialize(d)?;
-        let (common, unknown_common) =
-            read_reporting_unknown::<Common>(value.clone()).map_err(serde::de::Error::custom)?;
-        let (kind, unknown_kind) = match common.kind.as_str() {
-            "http" => read_reporting_unknown(value).map(|(c, u)| (SourceKind::Http(c), u)),
-            "s3" => read_reporting_unknown(value).map(|(c, u)| (SourceKind::S3(c), u)),
-            other => {
-                return Err(serde::de::Error::custom(format!(
+        let (common, kind, unknown_keys) =
+            read_component(value, |common: &Common, value| match common.kind.as_str() {
+                "http" => read_kind(value, SourceKind::Http),
+                "s3" => read_kind(value, SourceKind::S3),
+                other => Err(format!(
                     "source {:?}: kind {other:?} is not one of {}",
                     common.id,
                     SourceKind::NAMES.join(", ")
-                )));
-            }
-        }
-        .map_err(serde::de::Error::custom)?;
+                )),
+            })
+            .map_err(serde::de::Error::custom)?;
         Ok(SourceConfig {
             id: common.id,
             kind,
-            unknown_keys: unknown_to_all(&[&unknown_common, &unknown_kind]),
+            unknown_keys,
         })
     }
 }

@@ -137,10 +137,6 @@ impl<'a> Problems<'a> {
         }
     }
 
-    pub fn data_dir(&self) -> &Path {
-        self.data_dir
-    }
-
     pub fn push(&mut self, at: impl Display, why: impl Display) {
         self.found.push(format!("{at}: {why}"));
     }
@@ -191,8 +187,32 @@ pub fn read_reporting_unknown<T: DeserializeOwned>(
     Ok((read, unknown))
 }
 
+/// Reads a component (a `[[sources]]` or `[[destinations]]` entry) in two parts: its common
+/// keys as `C`, then its kind's, by `read_kind` (given the common part, to pick the kind).
+/// Returns both parts and the keys that neither knows.
+pub fn read_component<C: DeserializeOwned, K>(
+    value: serde_json::Value,
+    read_kind: impl FnOnce(&C, serde_json::Value) -> Result<(K, BTreeSet<String>), String>,
+) -> Result<(C, K, Vec<String>), String> {
+    let (common, unknown_common) =
+        read_reporting_unknown::<C>(value.clone()).map_err(|e| e.to_string())?;
+    let (kind, unknown_kind) = read_kind(&common, value)?;
+    let unknown = unknown_to_all(&[&unknown_common, &unknown_kind]);
+    Ok((common, kind, unknown))
+}
+
+/// One kind's part of a component: `value` read as `T`, wrapped as the kind's variant.
+pub fn read_kind<T: DeserializeOwned, K>(
+    value: serde_json::Value,
+    variant: fn(T) -> K,
+) -> Result<(K, BTreeSet<String>), String> {
+    read_reporting_unknown(value)
+        .map(|(config, unknown)| (variant(config), unknown))
+        .map_err(|e| e.to_string())
+}
+
 /// The keys unknown to every part of a component.
-pub fn unknown_to_all(parts: &[&BTreeSet<String>]) -> Vec<String> {
+fn unknown_to_all(parts: &[&BTreeSet<String>]) -> Vec<String> {
     let Some((first, rest)) = parts.split_first() else {
         return Vec::new();
     };
@@ -232,5 +252,11 @@ mod tests {
         let (_, common): (Common, _) = read_reporting_unknown(value.clone()).unwrap();
         let (_, kind): (Kind, _) = read_reporting_unknown(value).unwrap();
         assert_eq!(unknown_to_all(&[&common, &kind]), ["typo"]);
+        let (_, _, unknown): (Common, Kind, _) = read_component(
+            serde_json::json!({"id": "a", "url": "u", "typo": 1}),
+            |_, v| read_kind(v, |k: Kind| k),
+        )
+        .unwrap();
+        assert_eq!(unknown, ["typo"]);
     }
 }

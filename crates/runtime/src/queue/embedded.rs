@@ -184,23 +184,14 @@ fn move_out_of(w: &mut Writer, segment: i64) -> Result<(), QueueError> {
         let mut rows = w
             .conn
             .prepare_cached(
-                "SELECT id, offset, body_len, attributes_len FROM entries WHERE segment = ?1",
+                "SELECT id, segment, offset, body_len, attributes_len FROM entries
+                 WHERE segment = ?1",
             )
             .map_err(db_error)?;
-        rows.query_map(params![segment], |r| {
-            Ok((
-                r.get(0)?,
-                Place {
-                    segment,
-                    offset: r.get::<_, i64>(1)? as u64,
-                    body_len: r.get::<_, i64>(2)? as u64,
-                    attributes_len: r.get::<_, i64>(3)? as u64,
-                },
-            ))
-        })
-        .map_err(db_error)?
-        .collect::<Result<_, _>>()
-        .map_err(db_error)?
+        rows.query_map(params![segment], |r| Ok((r.get(0)?, place_at(r, 1)?)))
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?
     };
     for (id, place) in places {
         let (body, attributes) = w.log.read(place)?;
@@ -304,6 +295,16 @@ fn migrate(w: &mut Writer) -> Result<(), QueueError> {
         let _ = run_cached(&w.conn, "ROLLBACK");
     }
     moved
+}
+
+/// A body's place from a row's `segment, offset, body_len, attributes_len`, from column `at`.
+fn place_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Place> {
+    Ok(Place {
+        segment: r.get(at)?,
+        offset: r.get::<_, i64>(at + 1)? as u64,
+        body_len: r.get::<_, i64>(at + 2)? as u64,
+        attributes_len: r.get::<_, i64>(at + 3)? as u64,
+    })
 }
 
 fn insert_entry(
@@ -573,19 +574,7 @@ fn receive_now(
             claim
                 .query_map(
                     params![now + visibility_ms, queue, now, (max - out.len()) as i64],
-                    |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            Place {
-                                segment: r.get(3)?,
-                                offset: r.get::<_, i64>(4)? as u64,
-                                body_len: r.get::<_, i64>(5)? as u64,
-                                attributes_len: r.get::<_, i64>(6)? as u64,
-                            },
-                        ))
-                    },
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, place_at(r, 3)?)),
                 )
                 .map_err(db_error)?
                 .collect::<Result<_, _>>()
