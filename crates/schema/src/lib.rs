@@ -57,6 +57,87 @@ pub fn parse_batch_as_sent(json: &[u8]) -> Result<(v1::Batch, bool), serde_json:
     Ok((batch?, !normalised))
 }
 
+/// One batch of a body read in one pass ([`read_batches`]).
+#[derive(Debug)]
+pub struct ReadBatch<'a> {
+    /// The batch's own text within the body.
+    pub json: &'a [u8],
+    pub batch: v1::Batch,
+    /// As in [`parse_batch_as_sent`].
+    pub as_sent: bool,
+}
+
+/// Reads a body that is one batch object or an array of them in one pass, without validating,
+/// finding each batch's text as it goes (splitting first, then reading each part, scans the
+/// bytes twice). `None` when some part does not read as a batch: the caller then splits the
+/// body to answer each batch for itself.
+pub fn read_batches(json: &[u8]) -> Option<Vec<ReadBatch<'_>>> {
+    struct Read(v1::Batch);
+    impl<'de> serde::Deserialize<'de> for Read {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            json::BatchSeed.deserialize(d).map(Read)
+        }
+    }
+    // One value from `at`: the batch, and where its text ends.
+    let read_at = |at: usize| {
+        let mut values = serde_json::Deserializer::from_slice(json.get(at..)?).into_iter::<Read>();
+        let (read, normalised) = json::noting_normalisation(|| values.next());
+        let Read(batch) = read?.ok()?;
+        let end = at + values.byte_offset();
+        Some((
+            ReadBatch {
+                json: json.get(at..end)?,
+                batch,
+                as_sent: !normalised,
+            },
+            end,
+        ))
+    };
+    let skip_space = |mut at: usize| {
+        while json
+            .get(at)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            at += 1;
+        }
+        at
+    };
+    let mut at = skip_space(0);
+    let mut batches = Vec::new();
+    match json.get(at) {
+        Some(b'{') => {
+            let (batch, end) = read_at(at)?;
+            batches.push(batch);
+            at = end;
+        }
+        Some(b'[') => {
+            at = skip_space(at + 1);
+            if json.get(at) == Some(&b']') {
+                at += 1;
+            } else {
+                loop {
+                    if json.get(at) != Some(&b'{') {
+                        return None;
+                    }
+                    let (batch, end) = read_at(at)?;
+                    batches.push(batch);
+                    at = skip_space(end);
+                    match json.get(at) {
+                        Some(b',') => at = skip_space(at + 1),
+                        Some(b']') => {
+                            at += 1;
+                            break;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+        }
+        _ => return None,
+    }
+    (skip_space(at) == json.len()).then_some(batches)
+}
+
 /// Reads a body that is one batch object or an array of them, without validating.
 pub fn parse_batches(json: &[u8]) -> Result<Vec<v1::Batch>, serde_json::Error> {
     let mut d = serde_json::Deserializer::from_slice(json);
@@ -151,6 +232,30 @@ pub fn has_outbound_only_fields(batch: &v1::Batch) -> bool {
 /// ([`parse_batch_as_sent`]); `None` when it has members the Events API does not take, which
 /// must be stripped on the way out.
 pub fn pass_through(batch: &v1::Batch, json: &[u8]) -> Option<v1::Batch> {
+    Some(v1::Batch {
+        inbound_json: json.to_vec(),
+        ..ids_of(batch)?
+    })
+}
+
+/// [`pass_through`] as protobuf bytes, with `json` copied once, straight into them.
+pub fn encode_pass_through(batch: &v1::Batch, json: &[u8]) -> Option<Vec<u8>> {
+    use prost::Message;
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let ids = ids_of(batch)?;
+    let mut out = Vec::with_capacity(ids.encoded_len() + json.len() + 8);
+    ids.encode_raw(&mut out);
+    encode_key(INBOUND_JSON_FIELD, WireType::LengthDelimited, &mut out);
+    encode_varint(json.len() as u64, &mut out);
+    out.extend_from_slice(json);
+    Some(out)
+}
+
+/// `Batch.inbound_json`'s field number in `event.proto`.
+const INBOUND_JSON_FIELD: u32 = 200;
+
+/// The ids routing needs, alone: the pass-through form without its JSON.
+fn ids_of(batch: &v1::Batch) -> Option<v1::Batch> {
     if has_outbound_only_fields(batch) {
         return None;
     }
@@ -164,7 +269,6 @@ pub fn pass_through(batch: &v1::Batch, json: &[u8]) -> Option<v1::Batch> {
                 ..v1::Event::default()
             })
             .collect(),
-        inbound_json: json.to_vec(),
         ..v1::Batch::default()
     })
 }

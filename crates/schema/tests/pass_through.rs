@@ -85,3 +85,58 @@ fn outbound_only_members_are_not_passed_through() {
     let (batch, _) = schema::parse_batch_as_sent(outbound.as_bytes()).unwrap();
     assert!(schema::pass_through(&batch, outbound.as_bytes()).is_none());
 }
+
+/// A body read in one pass gives each batch's own text and reading, as reading the texts one
+/// by one does; anything that is not an array of batch objects (or one) reads as `None`.
+#[test]
+fn read_batches_finds_each_batch_and_its_text() {
+    let plain = r#"{"environment":"production","events":[{"event_type":"custom_event","data":{"event_name":"a","custom_event_type":"other"}}]}"#;
+    let changed =
+        r#"{"environment":"production","user_identities":{"customerid":"c1"},"events":[]}"#;
+    let body = format!(" [ {plain} ,\n{changed}\t,{plain}] \r\n");
+    let read = schema::read_batches(body.as_bytes()).expect("an array of batches");
+    assert_eq!(read.len(), 3);
+    for (got, text) in read.iter().zip([plain, changed, plain]) {
+        assert_eq!(got.json, text.as_bytes());
+        let (batch, as_sent) = schema::parse_batch_as_sent(text.as_bytes()).unwrap();
+        assert_eq!((&got.batch, got.as_sent), (&batch, as_sent));
+    }
+    assert!(read[0].as_sent && !read[1].as_sent && read[2].as_sent);
+
+    let one = schema::read_batches(format!("\n{plain} ").as_bytes())
+        .expect("one batch object")
+        .into_iter()
+        .map(|r| r.json.len())
+        .collect::<Vec<_>>();
+    assert_eq!(one, [plain.len()]);
+    assert_eq!(schema::read_batches(b" [ ] ").map(|r| r.len()), Some(0));
+
+    for not_batches in [
+        format!("[{plain},]"),
+        format!("[{plain} {plain}]"),
+        format!("[{plain}] x"),
+        format!("[{plain}, null]"),
+        format!("[{plain}, {{\"events\": 3,]"),
+        format!("[{plain}"),
+        "\x0c[]".to_owned(),
+        "\"a\"".to_owned(),
+        String::new(),
+    ] {
+        assert!(
+            schema::read_batches(not_batches.as_bytes()).is_none(),
+            "{not_batches:?}"
+        );
+    }
+}
+
+/// The pass-through form's protobuf, written with the JSON copied straight in, is the form
+/// itself (and the JSON field's number is the one `event.proto` gives it).
+#[test]
+fn encoded_pass_through_decodes_to_the_pass_through_form() {
+    use prost::Message;
+    let (batch, _) = sent();
+    let bytes = schema::encode_pass_through(&batch, SENT.as_bytes()).unwrap();
+    let through = schema::pass_through(&batch, SENT.as_bytes()).unwrap();
+    assert_eq!(Batch::decode(bytes.as_slice()).unwrap(), through);
+    assert_eq!(bytes.len(), through.encoded_len());
+}

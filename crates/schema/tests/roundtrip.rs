@@ -140,3 +140,35 @@ fn bulk_bodies_decode_as_arrays_and_encode_back() {
     // A single object is one batch (the webhook sends objects; bulk sends arrays).
     assert_eq!(decode_batches(&one).unwrap().len(), 1);
 }
+
+/// `data` before `event_type` (as the Python SDK and mParticle's sample write it) reads to the
+/// same batch as the other order, every event type's own fields typed as they are there.
+#[test]
+fn data_before_event_type_reads_as_the_other_order() {
+    let input: serde_json::Value =
+        serde_json::from_slice(&read(fixture("outbound_all_types.json"))).unwrap();
+    let events = input["events"].as_array().unwrap();
+    let with_order = |data_first: bool| {
+        let texts: Vec<String> = events
+            .iter()
+            .map(|e| {
+                let data = serde_json::to_string(&e["data"]).unwrap();
+                let kind = serde_json::to_string(&e["event_type"]).unwrap();
+                if data_first {
+                    format!(r#"{{"data":{data},"event_type":{kind}}}"#)
+                } else {
+                    format!(r#"{{"event_type":{kind},"data":{data}}}"#)
+                }
+            })
+            .collect();
+        let body = format!(
+            r#"{{"environment":"production","events":[{}]}}"#,
+            texts.join(",")
+        );
+        decode_batch(body.as_bytes()).expect("valid")
+    };
+    let (type_first, data_first) = (with_order(false), with_order(true));
+    // Equal batches: a type's fields left raw in one order would differ from the typed ones.
+    assert_eq!(data_first, type_first);
+    assert_eq!(data_first.events.len(), events.len());
+}

@@ -9,12 +9,14 @@
 //!   fewer of them and at full speed covers less time; it catches single events re-sent in a
 //!   new batch, which is rarer.
 //!
-//! Each tier is a run of slices: the newest takes new keys, the others are sealed (sorted, 16
-//! bytes a key, with an index of where each run of leading bits starts: a fresh key, the
-//! common case, must be looked for in every slice, and bisecting hundreds of thousands of keys
-//! cost a cache miss a step, a tenth of the pipeline's CPU at full speed). A slice goes whole when its newest key is past the
-//! window, or when the tier holds more than its cap (oldest first: memory stays bounded, and the
-//! window's real reach is published as `mpconnect_transform_dedupe_window_seconds`).
+//! Each tier is a run of slices: the newest takes new keys in a hash set; when it is sealed its
+//! keys are merged into one sorted run of every sealed slice's keys (17 bytes a key, with an
+//! index of where each run of leading bits starts). A fresh key, the common case, is then
+//! looked for once, not once per slice: per slice, at about nine slices, it cost a tenth of the
+//! pipeline's CPU at full speed, a few cache misses each. A slice goes whole when its newest key
+//! is past the window, or when the tier holds more than its cap (oldest first: memory stays
+//! bounded, and the window's real reach is published as
+//! `mpconnect_transform_dedupe_window_seconds`).
 //!
 //! With a directory, every key is also appended to its slice's file before the message it marks
 //! is acknowledged, and the files still inside the window are read back at start: a `kill -9`
@@ -67,20 +69,57 @@ impl Hasher for KeyHasher {
 /// A set of keys, hashed as themselves.
 pub type KeySet = HashSet<Key, BuildHasherDefault<KeyHasher>>;
 
-/// A sealed slice's keys: sorted, with where each run of the top `bits` bits starts, so a
-/// lookup reads the index and a few neighbouring keys instead of bisecting the whole slice.
+/// Every sealed slice's keys in one sorted run, each tagged with (the low byte of) its slice's
+/// number, with where each run of the top `bits` bits starts: a lookup reads the index and a
+/// few neighbouring keys once, instead of once per slice. A key is in the run once, under the
+/// newest slice that holds it; keys of dropped slices stay until the next merge, and a lookup
+/// skips them by their tag.
 #[derive(Default)]
 struct SortedKeys {
     keys: Vec<Key>,
+    tags: Vec<u8>,
     /// `starts[p]`: the first key whose top bits are `p` or more; one entry past the last.
     starts: Vec<u32>,
     bits: u32,
 }
 
 impl SortedKeys {
-    fn new(mut keys: Vec<Key>) -> Self {
-        keys.sort_unstable();
-        keys.dedup();
+    /// This run without the keys `keep` refuses, merged with `added` under `tag` (a key in
+    /// both keeps the new tag: that slice outlives the older one).
+    fn merged(self, mut added: Vec<Key>, tag: u8, keep: impl Fn(u8) -> bool) -> Self {
+        added.sort_unstable();
+        added.dedup();
+        let total = self.keys.len() + added.len();
+        let mut keys = Vec::with_capacity(total);
+        let mut tags = Vec::with_capacity(total);
+        let mut old = self
+            .keys
+            .into_iter()
+            .zip(self.tags)
+            .filter(|&(_, t)| keep(t))
+            .peekable();
+        for key in added {
+            while let Some(&(k, t)) = old.peek() {
+                if k > key {
+                    break;
+                }
+                old.next();
+                if k < key {
+                    keys.push(k);
+                    tags.push(t);
+                }
+            }
+            keys.push(key);
+            tags.push(tag);
+        }
+        for (k, t) in old {
+            keys.push(k);
+            tags.push(t);
+        }
+        Self::indexed(keys, tags)
+    }
+
+    fn indexed(keys: Vec<Key>, tags: Vec<u8>) -> Self {
         // About four keys a run: the index costs a quarter of the keys' 16 bytes at most.
         let bits = (keys.len() / 4).max(1).ilog2().min(24);
         let mut starts = Vec::with_capacity((1 << bits) + 1);
@@ -92,7 +131,12 @@ impl SortedKeys {
             starts.push(at as u32);
         }
         starts.push(keys.len() as u32);
-        SortedKeys { keys, starts, bits }
+        SortedKeys {
+            keys,
+            tags,
+            starts,
+            bits,
+        }
     }
 
     fn prefix(key: &Key, bits: u32) -> u64 {
@@ -103,18 +147,15 @@ impl SortedKeys {
         }
     }
 
-    fn contains(&self, key: &Key) -> bool {
+    /// The tag `key` is held under, if it is in the run.
+    fn tag_of(&self, key: &Key) -> Option<u8> {
         let p = Self::prefix(key, self.bits) as usize;
         let (Some(&from), Some(&to)) = (self.starts.get(p), self.starts.get(p + 1)) else {
-            return false;
+            return None;
         };
-        self.keys[from as usize..to as usize]
-            .binary_search(key)
-            .is_ok()
-    }
-
-    fn len(&self) -> usize {
-        self.keys.len()
+        let (from, to) = (from as usize, to as usize);
+        let at = self.keys.get(from..to)?.binary_search(key).ok()?;
+        self.tags.get(from + at).copied()
     }
 }
 
@@ -147,7 +188,8 @@ impl Key {
 pub struct DedupeSettings {
     /// How long a key is remembered.
     pub window: Duration,
-    /// Most batch keys held (16 bytes each, about 20 with the newest slice's hash table).
+    /// Most batch keys held (about 18 bytes each with the sorted run's index; a merge holds
+    /// the old run and the new one for a moment).
     pub max_batch_keys: usize,
     /// Most event keys held.
     pub max_event_keys: usize,
@@ -231,10 +273,11 @@ impl DedupeWindow {
     }
 }
 
+/// One slice of a tier: its keys are in the open set while it is the newest, then in the
+/// tier's sorted run.
 struct Slice {
-    /// The newest slice's keys, as they come; sorted once it is sealed.
     open: KeySet,
-    sealed: SortedKeys,
+    len: usize,
     oldest_ms: u64,
     newest_ms: u64,
     seq: u64,
@@ -244,33 +287,29 @@ impl Slice {
     fn new(seq: u64, now: u64) -> Self {
         Slice {
             open: KeySet::default(),
-            sealed: SortedKeys::default(),
+            len: 0,
             oldest_ms: now,
             newest_ms: now,
             seq,
         }
     }
 
-    fn len(&self) -> usize {
-        self.open.len() + self.sealed.len()
-    }
-
-    fn contains(&self, key: &Key) -> bool {
-        self.open.contains(key) || self.sealed.contains(key)
-    }
-
-    fn seal(&mut self) {
-        let mut keys = std::mem::take(&mut self.sealed.keys);
-        keys.extend(self.open.drain());
-        self.sealed = SortedKeys::new(keys);
-        self.open = KeySet::default();
+    /// The low byte of its number: what its keys are tagged with in the sorted run.
+    fn tag(&self) -> u8 {
+        self.seq as u8
     }
 }
+
+/// Most slices a tier holds. Tags are a byte: the live slices' numbers, consecutive, must span
+/// fewer than 256 (a tier holds about nine: the window's eight and the newest).
+const MAX_SLICES: usize = 128;
 
 struct Slices {
     tier: Tier,
     /// Oldest first; the last one takes new keys.
     slices: VecDeque<Slice>,
+    /// The sealed slices' keys.
+    sealed: SortedKeys,
     total: usize,
     cap: usize,
     window_ms: u64,
@@ -296,6 +335,7 @@ impl Slices {
         let mut slices = Slices {
             tier,
             slices: VecDeque::new(),
+            sealed: SortedKeys::default(),
             total: 0,
             cap,
             window_ms,
@@ -305,9 +345,10 @@ impl Slices {
         if let Some(dir) = dir {
             match read_journal(&dir, now.saturating_sub(window_ms)) {
                 Ok(found) => {
-                    for slice in found {
-                        slices.total += slice.len();
+                    for (slice, keys) in found {
+                        slices.total += slice.len;
                         slices.slices.push_back(slice);
+                        slices.seal_keys(keys);
                     }
                     slices.journal = Some(Journal { dir, file: None });
                 }
@@ -334,8 +375,27 @@ impl Slices {
     }
 
     fn contains(&self, key: &Key) -> bool {
-        // Newest first: a repeat is most often of something recent.
-        self.slices.iter().rev().any(|s| s.contains(key))
+        self.slices.back().is_some_and(|s| s.open.contains(key))
+            || self.sealed.tag_of(key).is_some_and(|tag| self.is_live(tag))
+    }
+
+    /// Whether `tag` is a live slice's: their numbers are consecutive from the oldest.
+    fn is_live(&self, tag: u8) -> bool {
+        let (Some(oldest), Some(newest)) = (self.slices.front(), self.slices.back()) else {
+            return false;
+        };
+        let span = newest.seq.saturating_sub(oldest.seq);
+        u64::from(tag.wrapping_sub(oldest.tag())) <= span
+    }
+
+    /// Merges a sealed slice's keys (the newest live slice's but one) into the sorted run,
+    /// leaving out the keys of slices dropped since the last merge.
+    fn seal_keys(&mut self, keys: Vec<Key>) {
+        let Some(tag) = self.slices.back().map(Slice::tag) else {
+            return;
+        };
+        let sealed = std::mem::take(&mut self.sealed);
+        self.sealed = sealed.merged(keys, tag, |t| self.is_live(t));
     }
 
     fn insert_all<'a>(&mut self, keys: impl IntoIterator<Item = &'a Key>, now: u64) {
@@ -345,7 +405,7 @@ impl Slices {
             if self
                 .slices
                 .back()
-                .is_some_and(|s| s.len() >= self.slice_keys())
+                .is_some_and(|s| s.len >= self.slice_keys())
             {
                 self.write(&record);
                 record.clear();
@@ -355,10 +415,11 @@ impl Slices {
             let Some(newest) = self.slices.back_mut() else {
                 continue;
             };
-            if newest.len() == 0 {
+            if newest.len == 0 {
                 newest.oldest_ms = now;
             }
             if newest.open.insert(key) {
+                newest.len += 1;
                 newest.newest_ms = now;
                 self.total += 1;
                 if self.journal.is_some() {
@@ -392,7 +453,8 @@ impl Slices {
     fn start_slice(&mut self, now: u64) {
         let seq = self.slices.back().map_or(0, |s| s.seq + 1);
         if let Some(newest) = self.slices.back_mut() {
-            newest.seal();
+            let keys: Vec<Key> = std::mem::take(&mut newest.open).into_iter().collect();
+            self.seal_keys(keys);
         }
         self.slices.push_back(Slice::new(seq, now));
         if let Some(journal) = &mut self.journal {
@@ -418,7 +480,7 @@ impl Slices {
         if self
             .slices
             .back()
-            .is_some_and(|s| s.len() > 0 && now.saturating_sub(s.oldest_ms) >= slice_ms)
+            .is_some_and(|s| s.len > 0 && now.saturating_sub(s.oldest_ms) >= slice_ms)
         {
             self.start_slice(now);
         }
@@ -427,7 +489,7 @@ impl Slices {
                 break;
             };
             let past_window = now.saturating_sub(oldest.newest_ms) >= self.window_ms;
-            let over_cap = self.total > self.cap;
+            let over_cap = self.total > self.cap || self.slices.len() > MAX_SLICES;
             if !past_window && !over_cap {
                 break;
             }
@@ -449,7 +511,7 @@ impl Slices {
         let Some(oldest) = self.slices.pop_front() else {
             return;
         };
-        self.total -= oldest.len();
+        self.total -= oldest.len;
         if let Some(journal) = &self.journal {
             let path = journal.path(oldest.seq);
             if let Err(e) = std::fs::remove_file(&path)
@@ -463,7 +525,7 @@ impl Slices {
     fn reach(&self, now: u64) -> u64 {
         self.slices
             .iter()
-            .find(|s| s.len() > 0)
+            .find(|s| s.len > 0)
             .map_or(0, |s| now.saturating_sub(s.oldest_ms))
     }
 
@@ -475,10 +537,10 @@ impl Slices {
     }
 }
 
-/// The slices a directory holds, oldest first, without keys written before `since` (ms). A
-/// file's torn last record (a crash mid-write) is left out; empty and expired files are
-/// removed.
-fn read_journal(dir: &Path, since: u64) -> std::io::Result<Vec<Slice>> {
+/// The slices a directory holds, oldest first, with their keys, without keys written before
+/// `since` (ms). A file's torn last record (a crash mid-write) is left out; empty and expired
+/// files are removed.
+fn read_journal(dir: &Path, since: u64) -> std::io::Result<Vec<(Slice, Vec<Key>)>> {
     std::fs::create_dir_all(dir)?;
     let mut files: Vec<(u64, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -516,8 +578,8 @@ fn read_journal(dir: &Path, since: u64) -> std::io::Result<Vec<Slice>> {
             std::fs::remove_file(&path)?;
             continue;
         }
-        slice.sealed = SortedKeys::new(keys);
-        slices.push(slice);
+        slice.len = keys.len();
+        slices.push((slice, keys));
     }
     Ok(slices)
 }
@@ -527,24 +589,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_sealed_slice_finds_exactly_its_keys_at_every_size() {
+    fn the_sorted_run_finds_exactly_its_keys_at_every_size() {
         for n in [0usize, 1, 3, 4, 5, 17, 1000, 70_000] {
             let keys: Vec<Key> = (0..n).map(|i| Key::of(&["in", &i.to_string()])).collect();
             let mut with_repeats = keys.clone();
             with_repeats.extend(keys.iter().take(10).copied());
-            let sorted = SortedKeys::new(with_repeats);
-            assert_eq!(sorted.len(), n, "repeats kept once");
+            let sorted = SortedKeys::default().merged(with_repeats, 7, |_| true);
+            assert_eq!(sorted.keys.len(), n, "repeats kept once");
             assert!(
-                keys.iter().all(|k| sorted.contains(k)),
+                keys.iter().all(|k| sorted.tag_of(k) == Some(7)),
                 "{n}: a key is missing"
             );
-            let others = (0..1000).filter(|i| sorted.contains(&Key::of(&["out", &i.to_string()])));
+            let others =
+                (0..1000).filter(|i| sorted.tag_of(&Key::of(&["out", &i.to_string()])).is_some());
             assert_eq!(others.count(), 0, "{n}: a key never added is found");
         }
         // Keys at the edges of the index: all bits clear and all bits set.
-        let edges = SortedKeys::new(vec![Key([0, 0]), Key([u64::MAX, u64::MAX])]);
-        assert!(edges.contains(&Key([0, 0])) && edges.contains(&Key([u64::MAX, u64::MAX])));
-        assert!(!edges.contains(&Key([u64::MAX, 0])));
+        let edges =
+            SortedKeys::default().merged(vec![Key([0, 0]), Key([u64::MAX, u64::MAX])], 0, |_| true);
+        assert!(edges.tag_of(&Key([0, 0])).is_some());
+        assert!(edges.tag_of(&Key([u64::MAX, u64::MAX])).is_some());
+        assert!(edges.tag_of(&Key([u64::MAX, 0])).is_none());
+    }
+
+    #[test]
+    fn a_merge_keeps_the_newest_tag_and_leaves_out_dropped_slices() {
+        let old = keys(0..100);
+        let run = SortedKeys::default().merged(old.clone(), 1, |_| true);
+        let run = run.merged(keys(50..150), 2, |_| true);
+        assert_eq!(run.keys.len(), 150, "a key in both is held once");
+        assert_eq!(run.tag_of(&old[10]), Some(1));
+        assert_eq!(run.tag_of(&old[60]), Some(2), "the newer slice's tag wins");
+        let run = run.merged(keys(150..160), 3, |tag| tag != 1);
+        assert_eq!(run.tag_of(&old[10]), None, "slice 1 was dropped");
+        assert_eq!(run.tag_of(&old[60]), Some(2));
+        assert_eq!(run.keys.len(), 110);
+    }
+
+    #[test]
+    fn a_key_seen_again_outlives_its_first_slice() {
+        // Slices of 2 keys; the first key comes back in a later slice, then the first slice
+        // goes over the cap: the key is still remembered, by its later slice.
+        let mut s = Slices::open(Tier::Batch, 16, 3_600_000, None, 1_000);
+        let all = keys(0..22);
+        for chunk in all[..16].chunks(2) {
+            s.insert_all(chunk, 1_000);
+        }
+        s.insert_all(&all[..1], 1_000);
+        for chunk in all[16..].chunks(2) {
+            s.insert_all(chunk, 1_000);
+        }
+        assert!(!s.contains(&all[1]), "over the cap, the first slice goes");
+        assert!(s.contains(&all[0]), "seen again: held by the later slice");
+        assert!(s.slices.len() <= 10, "{} slices", s.slices.len());
     }
 
     fn keys(range: std::ops::Range<u32>) -> Vec<Key> {

@@ -6,6 +6,7 @@
 
 use schema::v1::Batch;
 use schema::{Dialect, limits};
+use std::borrow::Cow;
 
 /// What one request may hold (mParticle's limits, NOTES §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,8 @@ pub fn pack<'a, K: Clone>(
     batches: impl IntoIterator<Item = (K, &'a Batch)>,
     limits: PackLimits,
 ) -> (Vec<Request<K>>, Vec<(K, PackError)>) {
-    let mut encoded: Vec<(Part<K>, Vec<u8>)> = Vec::new();
+    // Pass-through batches are borrowed: their bytes are copied once, into the request.
+    let mut encoded: Vec<(Part<K>, Cow<'a, [u8]>)> = Vec::new();
     let mut refused = Vec::new();
     for (position, (key, batch)) in batches.into_iter().enumerate() {
         // A pass-through batch goes out as the sender's bytes, when they fit.
@@ -76,7 +78,7 @@ pub fn pack<'a, K: Clone>(
                     index: 0,
                     of: 1,
                 },
-                batch.inbound_json.clone(),
+                Cow::Borrowed(batch.inbound_json.as_slice()),
             ));
             continue;
         }
@@ -103,7 +105,7 @@ pub fn pack<'a, K: Clone>(
                     index: 0,
                     of: 1,
                 },
-                bytes,
+                Cow::Owned(bytes),
             ));
             continue;
         }
@@ -117,7 +119,7 @@ pub fn pack<'a, K: Clone>(
                             index,
                             of,
                         },
-                        bytes,
+                        Cow::Owned(bytes),
                     )
                 }));
             }
@@ -125,33 +127,40 @@ pub fn pack<'a, K: Clone>(
         }
     }
 
-    let mut requests: Vec<Request<K>> = Vec::new();
-    let mut body = Vec::new();
-    let mut parts = Vec::new();
+    // Which parts go together, by size alone; then each body is written at its exact size.
+    let mut groups: Vec<Vec<(Part<K>, Cow<'a, [u8]>)>> = Vec::new();
+    let mut group_bytes = 0;
     for (part, bytes) in encoded {
         // "[" + batches joined by "," + "]"
-        let would_be = if parts.is_empty() {
-            2 + bytes.len()
-        } else {
-            body.len() + 1 + bytes.len() + 1
-        };
-        if !parts.is_empty()
-            && (parts.len() == limits.max_batches || would_be > limits.max_request_bytes)
-        {
-            body.push(b']');
-            requests.push(Request {
-                body: std::mem::take(&mut body),
-                parts: std::mem::take(&mut parts),
-            });
+        let would_be = group_bytes + 1 + bytes.len() + 1;
+        match groups.last_mut() {
+            Some(group)
+                if group.len() < limits.max_batches && would_be <= limits.max_request_bytes =>
+            {
+                group_bytes += 1 + bytes.len();
+                group.push((part, bytes));
+            }
+            _ => {
+                group_bytes = 1 + bytes.len();
+                groups.push(vec![(part, bytes)]);
+            }
         }
-        body.push(if parts.is_empty() { b'[' } else { b',' });
-        body.extend_from_slice(&bytes);
-        parts.push(part);
     }
-    if !parts.is_empty() {
-        body.push(b']');
-        requests.push(Request { body, parts });
-    }
+    let requests = groups
+        .into_iter()
+        .map(|group| {
+            let size = group.iter().map(|(_, b)| b.len() + 1).sum::<usize>() + 1;
+            let mut body = Vec::with_capacity(size);
+            let mut parts = Vec::with_capacity(group.len());
+            for (part, bytes) in group {
+                body.push(if parts.is_empty() { b'[' } else { b',' });
+                body.extend_from_slice(&bytes);
+                parts.push(part);
+            }
+            body.push(b']');
+            Request { body, parts }
+        })
+        .collect();
     (requests, refused)
 }
 

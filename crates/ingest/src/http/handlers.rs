@@ -142,7 +142,7 @@ async fn accept(
     let Some(_admitted) = ingest.admit().await else {
         return Err(ApiError::too_many_requests(ingest.retry_after()));
     };
-    let batches = split(&bytes, door)?;
+    let batches = read_batches(&bytes, door)?;
     if batches.len() > settings.max_batches {
         return Err(ApiError::bad_request(format!(
             "A request may contain at most {} batches; this one has {}.",
@@ -150,11 +150,11 @@ async fn accept(
             batches.len()
         )));
     }
-    for (i, raw) in batches.iter().enumerate() {
-        if raw.get().len() > settings.max_batch_bytes {
+    for (i, (json, _)) in batches.iter().enumerate() {
+        if json.len() > settings.max_batch_bytes {
             return Err(ApiError::too_large(format!(
                 "Batch {i} is {} bytes; a batch may be at most {} bytes.",
-                raw.get().len(),
+                json.len(),
                 settings.max_batch_bytes
             )));
         }
@@ -175,8 +175,8 @@ async fn accept(
     let mut spans = Vec::with_capacity(batches.len());
     let mut refused = Vec::new();
     let mut events = 0usize;
-    for (i, raw) in batches.iter().enumerate() {
-        match check(raw, door, now) {
+    for (i, (json, read)) in batches.into_iter().enumerate() {
+        match read.and_then(|read| check(read, door, now)) {
             Ok((batch, as_sent)) => {
                 events += batch.events.len();
                 let span = runtime::pipeline_span!(
@@ -186,7 +186,7 @@ async fn accept(
                     source = source.id.as_str(),
                     endpoint = door.name(),
                     events = batch.events.len() as i64,
-                    bytes = raw.get().len() as i64,
+                    bytes = json.len() as i64,
                     outcome = tracing::field::Empty,
                 );
                 telemetry::continue_from(&span, caller.as_ref());
@@ -204,9 +204,8 @@ async fn accept(
                 // destination sends it on without decoding or encoding it again.
                 let body = match door {
                     Door::Events | Door::Bulk | Door::Historical if as_sent => {
-                        schema::pass_through(&batch, raw.get().as_bytes())
-                            .unwrap_or(batch)
-                            .encode_to_vec()
+                        schema::encode_pass_through(&batch, json)
+                            .unwrap_or_else(|| batch.encode_to_vec())
                     }
                     _ => batch.encode_to_vec(),
                 };
@@ -214,7 +213,7 @@ async fn accept(
             }
             Err(errors) => {
                 let at = |e: String| if is_array { format!("[{i}] {e}") } else { e };
-                refused.push((i, *raw, errors.into_iter().map(at).collect::<Vec<_>>()));
+                refused.push((i, json, errors.into_iter().map(at).collect::<Vec<_>>()));
             }
         }
     }
@@ -256,28 +255,55 @@ async fn accept(
     Ok(())
 }
 
-/// Splits the body into batch texts without decoding them: one object for `/events`, an
-/// array for the bulk endpoints, either for the webhook.
-fn split(bytes: &[u8], door: Door) -> Result<Vec<&RawValue>, ApiError> {
-    let malformed = |e: serde_json::Error| ApiError::bad_request(format!("Malformed JSON: {e}"));
+/// A batch's text in the request, and what reading it gave (the batch and whether it reads as
+/// sent) or why it does not read.
+type ReadPart<'a> = (&'a [u8], Result<(schema::v1::Batch, bool), Vec<String>>);
+
+/// The request's batches: one object for `/events`, an array for the bulk endpoints, either
+/// for the webhook. Read in one pass; when some batch does not read, the body is split first so
+/// that each batch is answered for itself.
+fn read_batches(bytes: &[u8], door: Door) -> Result<Vec<ReadPart<'_>>, ApiError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
     match (door, first) {
-        (Door::Events, Some(b'[')) => Err(ApiError::bad_request(
-            "POST /v2/events takes one batch object; send arrays of batches to /v2/bulkevents.",
-        )),
-        (Door::Bulk | Door::Historical, Some(b'{')) => Err(ApiError::bad_request(
-            "The bulk endpoints take an array of batch objects; send one batch to /v2/events.",
-        )),
-        (_, Some(b'[')) => serde_json::from_slice::<Vec<&RawValue>>(bytes).map_err(malformed),
-        _ => serde_json::from_slice::<&RawValue>(bytes)
-            .map(|raw| vec![raw])
-            .map_err(malformed),
+        (Door::Events, Some(b'[')) => {
+            return Err(ApiError::bad_request(
+                "POST /v2/events takes one batch object; send arrays of batches to /v2/bulkevents.",
+            ));
+        }
+        (Door::Bulk | Door::Historical, Some(b'{')) => {
+            return Err(ApiError::bad_request(
+                "The bulk endpoints take an array of batch objects; send one batch to /v2/events.",
+            ));
+        }
+        _ => {}
     }
+    if let Some(read) = schema::read_batches(bytes) {
+        return Ok(read
+            .into_iter()
+            .map(|r| (r.json, Ok((r.batch, r.as_sent))))
+            .collect());
+    }
+    let malformed = |e: serde_json::Error| ApiError::bad_request(format!("Malformed JSON: {e}"));
+    let parts = match first {
+        Some(b'[') => serde_json::from_slice::<Vec<&RawValue>>(bytes).map_err(malformed)?,
+        _ => vec![serde_json::from_slice::<&RawValue>(bytes).map_err(malformed)?],
+    };
+    Ok(parts
+        .into_iter()
+        .map(|raw| {
+            let json = raw.get().as_bytes();
+            (json, super::read_batch(json))
+        })
+        .collect())
 }
 
-/// Decodes and validates one batch, as mParticle would; historical batches by their rules too.
-fn check(raw: &RawValue, door: Door, now: i64) -> Result<(schema::v1::Batch, bool), Vec<String>> {
-    let (batch, as_sent) = super::check_batch_as_sent(raw.get().as_bytes())?;
+/// Validates one batch as mParticle would; historical batches by their rules too.
+fn check(
+    (batch, as_sent): (schema::v1::Batch, bool),
+    door: Door,
+    now: i64,
+) -> Result<(schema::v1::Batch, bool), Vec<String>> {
+    schema::validate(&batch).map_err(super::messages)?;
     if door == Door::Historical {
         schema::validate_historical(&batch, now).map_err(super::messages)?;
     }
@@ -317,7 +343,7 @@ async fn dead_letter(
     door: Door,
     now: i64,
     trace: &TraceContext,
-    refused: Vec<(usize, &RawValue, Vec<String>)>,
+    refused: Vec<(usize, &[u8], Vec<String>)>,
 ) -> Result<(), ApiError> {
     metrics::counter!("mpconnect_ingest_batches_total", "source" => source.to_owned(), "outcome" => "dead_lettered")
         .increment(refused.len() as u64);
@@ -335,8 +361,8 @@ async fn dead_letter(
     let messages = refused
         .into_iter()
         .map(|(_, raw, errors)| {
-            let kept = envelope_of(source, content_type::JSON, door, now, trace)
-                .to_message(raw.get().as_bytes().to_vec());
+            let kept =
+                envelope_of(source, content_type::JSON, door, now, trace).to_message(raw.to_vec());
             envelope::rejected(kept, &errors.join("; "))
         })
         .collect();

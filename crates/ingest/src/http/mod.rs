@@ -24,16 +24,15 @@ pub use error::ApiError;
 /// Decodes and validates one batch (either dialect), as mParticle would. Errors are
 /// messages for the sender.
 pub(crate) fn check_batch(json: &[u8]) -> Result<schema::v1::Batch, Vec<String>> {
-    check_batch_as_sent(json).map(|(batch, _)| batch)
+    let (batch, _) = read_batch(json)?;
+    schema::validate(&batch).map_err(messages)?;
+    Ok(batch)
 }
 
-/// As [`check_batch`], and whether the batch's bytes mean what its encoding does (see
+/// Decodes one batch, and whether its bytes mean what its encoding does (see
 /// `schema::parse_batch_as_sent`).
-pub(crate) fn check_batch_as_sent(json: &[u8]) -> Result<(schema::v1::Batch, bool), Vec<String>> {
-    let (batch, as_sent) =
-        schema::parse_batch_as_sent(json).map_err(|e| vec![format!("Malformed batch: {e}")])?;
-    schema::validate(&batch).map_err(messages)?;
-    Ok((batch, as_sent))
+pub(crate) fn read_batch(json: &[u8]) -> Result<(schema::v1::Batch, bool), Vec<String>> {
+    schema::parse_batch_as_sent(json).map_err(|e| vec![format!("Malformed batch: {e}")])
 }
 
 pub(crate) fn messages(errors: Vec<schema::ValidationError>) -> Vec<String> {

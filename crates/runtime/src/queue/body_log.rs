@@ -205,6 +205,14 @@ impl BodyLog {
         Ok(())
     }
 
+    /// Whether more than half the size cap is on disk: then a segment is compacted while most
+    /// of it is still live, since the few parked messages that pin mostly-acknowledged
+    /// segments would otherwise keep the queue refusing sends long after it drained.
+    pub fn near_cap(&self) -> bool {
+        self.cap
+            .is_some_and(|cap| self.total.saturating_mul(2) > cap)
+    }
+
     /// The segments on disk but the active one, with their sizes.
     pub fn closed_segments(&self) -> Result<Vec<(i64, u64)>, QueueError> {
         Ok(list(&self.dir)?

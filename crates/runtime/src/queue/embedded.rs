@@ -149,12 +149,14 @@ fn collect(w: &mut Writer) -> Result<(), QueueError> {
     if written && !live.contains_key(&active) {
         w.log.close_active()?;
     }
+    // Live quarters below which a segment is compacted: one normally, three near the cap.
+    let sparse_below = if w.log.near_cap() { 3 } else { 1 };
     let mut unused = Vec::new();
     let mut sparse = Vec::new();
     for (segment, size) in w.log.closed_segments()? {
         match live.get(&segment) {
             None => unused.push(segment),
-            Some(&bytes) if bytes * 4 < size => sparse.push(segment),
+            Some(&bytes) if bytes * 4 < size * sparse_below => sparse.push(segment),
             Some(_) => {}
         }
     }
