@@ -59,6 +59,9 @@ pub enum PackError {
     Unreadable(String),
 }
 
+/// A batch (or a part of one) ready to go, as its JSON.
+type Encoded<'a, K> = (Part<K>, Cow<'a, [u8]>);
+
 /// Packs `batches` into requests, in order. Each batch is prepared for the Events API (the
 /// outbound-only fields of mParticle's outputs removed) and encoded in the inbound dialect.
 /// A batch that cannot be made to fit is reported by its position, and the others still pack.
@@ -67,7 +70,7 @@ pub fn pack<'a, K: Clone>(
     limits: PackLimits,
 ) -> (Vec<Request<K>>, Vec<(K, PackError)>) {
     // Pass-through batches are borrowed: their bytes are copied once, into the request.
-    let mut encoded: Vec<(Part<K>, Cow<'a, [u8]>)> = Vec::new();
+    let mut encoded: Vec<Encoded<'a, K>> = Vec::new();
     let mut refused = Vec::new();
     for (position, (key, batch)) in batches.into_iter().enumerate() {
         // A pass-through batch goes out as the sender's bytes, when they fit.
@@ -128,7 +131,7 @@ pub fn pack<'a, K: Clone>(
     }
 
     // Which parts go together, by size alone; then each body is written at its exact size.
-    let mut groups: Vec<Vec<(Part<K>, Cow<'a, [u8]>)>> = Vec::new();
+    let mut groups: Vec<Vec<Encoded<'a, K>>> = Vec::new();
     let mut group_bytes = 0;
     for (part, bytes) in encoded {
         // "[" + batches joined by "," + "]"
