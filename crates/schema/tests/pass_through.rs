@@ -140,3 +140,30 @@ fn encoded_pass_through_decodes_to_the_pass_through_form() {
     assert_eq!(Batch::decode(bytes.as_slice()).unwrap(), through);
     assert_eq!(bytes.len(), through.encoded_len());
 }
+
+/// A batch's protobuf read with its events counted first is the batch; damaged bytes are
+/// still refused.
+#[test]
+fn decode_batch_proto_reads_what_prost_reads() {
+    use prost::Message;
+    let (batch, _) = sent();
+    let full = schema::decode_batch(SENT.as_bytes()).unwrap();
+    for b in [
+        batch.clone(),
+        full,
+        Batch::default(),
+        schema::pass_through(&batch, SENT.as_bytes()).unwrap(),
+    ] {
+        let bytes = b.encode_to_vec();
+        let read = schema::decode_batch_proto(&bytes).unwrap();
+        assert_eq!(read, b);
+        assert_eq!(
+            read.events.capacity(),
+            b.events.len(),
+            "room for exactly its events"
+        );
+    }
+    let bytes = batch.encode_to_vec();
+    assert!(schema::decode_batch_proto(&bytes[..bytes.len() - 1]).is_err());
+    assert!(schema::decode_batch_proto(&[0xff; 3]).is_err());
+}

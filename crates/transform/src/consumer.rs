@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message as _;
 use runtime::envelope::{self, IngestEnvelope, RouteKey};
 use runtime::queue::Heartbeat;
 use runtime::telemetry::{self, TraceContext};
@@ -709,7 +708,7 @@ impl Transform {
         let batch = if envelope.is_json() {
             schema::parse_batch(&message.body).map_err(|e| format!("not a batch: {e}"))?
         } else {
-            Batch::decode(message.body.as_ref())
+            schema::decode_batch_proto(message.body.as_ref())
                 .map_err(|e| format!("not a protobuf batch: {e}"))?
         };
         let connections = &inner.settings.connections;
