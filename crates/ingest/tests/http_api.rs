@@ -464,6 +464,35 @@ async fn a_bad_batch_in_a_bulk_request_costs_none_of_the_others() {
     server.stop().await;
 }
 
+/// A batch that does not even read as a batch (an event that is not an object) sends the
+/// request down the split-first path: the others are still queued as sent, and it is
+/// dead-lettered by itself.
+#[tokio::test]
+async fn a_batch_that_does_not_read_costs_none_of_the_others() {
+    let server = start(settings()).await;
+    let unreadable = r#"{"environment":"production","source_request_id":"bad","events":[3]}"#;
+    let good = batch_json("good-1");
+    let body = format!("[ {good} ,\n{unreadable}, {}]", batch_json("good-2"));
+    assert_eq!(post("/v2/bulkevents", &server, body).await.status(), 202);
+    let mut queued = decode_as_queued(&drain(&server.queue).await);
+    queued.sort_by(|a, b| a.source_request_id.cmp(&b.source_request_id));
+    let ids: Vec<_> = queued
+        .iter()
+        .map(|b| b.source_request_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids, ["good-1", "good-2"]);
+    assert_eq!(queued[0].inbound_json, good.as_bytes(), "byte for byte");
+    let dead = drain(&server.dead_letter).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(std::str::from_utf8(&dead[0].body).unwrap(), unreadable);
+    assert!(
+        dead[0].attributes[attr::REJECTED_BECAUSE].starts_with("[1] Malformed batch:"),
+        "{:?}",
+        dead[0].attributes
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn events_api_batches_are_queued_as_the_senders_bytes_unless_read_with_a_change() {
     let server = start(settings()).await;
