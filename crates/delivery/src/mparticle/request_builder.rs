@@ -130,30 +130,25 @@ pub fn pack<'a, K: Clone>(
         }
     }
 
-    // Which parts go together, by size alone; then each body is written at its exact size.
-    let mut groups: Vec<Vec<Encoded<'a, K>>> = Vec::new();
-    let mut group_bytes = 0;
+    // Which parts go together, by size alone ("[" + batches joined by ","; the "]" to come;
+    // one more batch adds "," and itself), then each body is written at that size.
+    let mut groups: Vec<(usize, Vec<Encoded<'a, K>>)> = Vec::new();
     for (part, bytes) in encoded {
-        // "[" + batches joined by "," + "]"
-        let would_be = group_bytes + 1 + bytes.len() + 1;
         match groups.last_mut() {
-            Some(group)
-                if group.len() < limits.max_batches && would_be <= limits.max_request_bytes =>
+            Some((size, group))
+                if group.len() < limits.max_batches
+                    && *size + bytes.len() + 2 <= limits.max_request_bytes =>
             {
-                group_bytes += 1 + bytes.len();
+                *size += 1 + bytes.len();
                 group.push((part, bytes));
             }
-            _ => {
-                group_bytes = 1 + bytes.len();
-                groups.push(vec![(part, bytes)]);
-            }
+            _ => groups.push((1 + bytes.len(), vec![(part, bytes)])),
         }
     }
     let requests = groups
         .into_iter()
-        .map(|group| {
-            let size = group.iter().map(|(_, b)| b.len() + 1).sum::<usize>() + 1;
-            let mut body = Vec::with_capacity(size);
+        .map(|(size, group)| {
+            let mut body = Vec::with_capacity(size + 1);
             let mut parts = Vec::with_capacity(group.len());
             for (part, bytes) in group {
                 body.push(if parts.is_empty() { b'[' } else { b',' });
