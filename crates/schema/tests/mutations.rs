@@ -37,6 +37,8 @@ const TOKENS: &[&[u8]] = &[
     b"\"environment\":\"production\",",
     b"\"mpid\":\"12\",",
     b"true",
+    b"\\ud800",
+    b"\xff",
 ];
 
 fn mutate(rng: &mut Lcg, input: &[u8]) -> Vec<u8> {

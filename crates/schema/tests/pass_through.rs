@@ -167,3 +167,85 @@ fn decode_batch_proto_reads_what_prost_reads() {
     assert!(schema::decode_batch_proto(&bytes[..bytes.len() - 1]).is_err());
     assert!(schema::decode_batch_proto(&[0xff; 3]).is_err());
 }
+
+/// A skimmed read (attribute maps checked, not built) gives what a full read gives wherever
+/// it matters: each batch's text, whether it is as sent, its validation and its pass-through
+/// form; a batch that cannot pass through comes back read in full.
+#[test]
+fn a_skimmed_read_agrees_with_a_full_read() {
+    let attributed = r#"{"environment":"production","source_request_id":"r-9",
+      "user_attributes":{"tier":"gold","tags":["a","b"]},
+      "events":[{"event_type":"custom_event","data":{"event_name":"a","custom_event_type":"other",
+        "source_message_id":"m-9","custom_attributes":{"n":1.5,"s":"x\u00e9","o":{"k":[1,null]}},
+        "custom_flags":{"f":"v"}}},
+        {"event_type":"commerce_event","data":{"product_action":{"action":"purchase",
+          "products":[{"id":"p","custom_attributes":{"a":"b"}}]}}}]}"#;
+    let changed = r#"{"environment":"production","timestamp_unixtime_ms":"1700000000000",
+      "events":[{"event_type":"custom_event","data":{"event_name":"a","custom_event_type":"other",
+        "custom_attributes":{"k":"v"}}}]}"#;
+    let outbound = r#"{"environment":"production","message_id":"x",
+      "events":[{"event_type":"custom_event","data":{"event_name":"a","custom_event_type":"other",
+        "custom_attributes":{"k":"v"}}}]}"#;
+    let invalid = r#"{"environment":"staging","events":[{"event_type":"custom_event",
+        "data":{"custom_attributes":{"k":"v"}}}]}"#;
+    let body = format!("[{SENT},{attributed},{changed},{outbound},{invalid}]");
+    let full = schema::read_batches(body.as_bytes()).unwrap();
+    let skimmed = schema::skim_batches(body.as_bytes()).unwrap();
+    assert_eq!(skimmed.len(), 5);
+    for (s, f) in skimmed.iter().zip(&full) {
+        assert_eq!(s.json, f.json);
+        assert_eq!(s.as_sent, f.as_sent);
+        assert_eq!(schema::validate(&s.batch), schema::validate(&f.batch));
+        assert_eq!(s.batch.events.len(), f.batch.events.len());
+        assert_eq!(
+            schema::encode_pass_through(&s.batch, s.json),
+            schema::encode_pass_through(&f.batch, f.json),
+        );
+        if !s.as_sent || schema::encode_pass_through(&s.batch, s.json).is_none() {
+            assert_eq!(
+                s.batch,
+                f.batch,
+                "read in full: {}",
+                std::str::from_utf8(s.json).unwrap()
+            );
+        }
+    }
+    assert!(!skimmed[2].as_sent);
+    assert!(schema::validate(&skimmed[4].batch).is_err());
+    // Skimmed: the maps are not built; the bytes that travel carry them.
+    let attributes = |b: &Batch| {
+        b.user_attributes.as_ref().map_or(0, |a| a.values.len())
+            + b.events
+                .iter()
+                .map(|e| e.custom_attributes.as_ref().map_or(0, |a| a.values.len()))
+                .sum::<usize>()
+    };
+    assert_eq!(attributes(&skimmed[1].batch), 0);
+    assert_eq!(attributes(&full[1].batch), 5);
+}
+
+/// What a full read refuses inside an attribute map, a skimmed read refuses too: a number out
+/// of range, a key with a lone surrogate, bytes that are not UTF-8.
+#[test]
+fn a_skimmed_read_refuses_what_a_full_read_refuses() {
+    let with = |attributes: &[u8]| {
+        let mut body = br#"[{"environment":"production","events":[{"event_type":"custom_event","data":{"event_name":"a","custom_event_type":"other","custom_attributes":"#.to_vec();
+        body.extend_from_slice(attributes);
+        body.extend_from_slice(b"}}]}]");
+        body
+    };
+    for bad in [
+        &br#"{"n":1e400}"#[..],
+        br#"{"\ud800":1}"#,
+        b"{\"s\":\"\xff\"}",
+        br#"{"s":"\ud800"}"#,
+        br#"{"a":[1,}"#,
+    ] {
+        let body = with(bad);
+        assert!(schema::read_batches(&body).is_none(), "{bad:?}");
+        assert!(schema::skim_batches(&body).is_none(), "{bad:?}");
+    }
+    let good = with(br#"{"n":1e300,"s":"\u00e9\ud83d\ude00","l":[{"x":null}]}"#);
+    assert!(schema::read_batches(&good).is_some());
+    assert!(schema::skim_batches(&good).is_some());
+}

@@ -202,6 +202,8 @@ async fn accept(
                 // From the Events API (mParticle's inbound dialect), the batch travels as the
                 // sender's validated bytes beside the ids routing needs, so the mParticle
                 // destination sends it on without decoding or encoding it again.
+                // (`skim_batches` read in full every batch that does not pass through, so no
+                // skimmed batch is encoded whole.)
                 let body = match door {
                     Door::Events | Door::Bulk | Door::Historical if as_sent => {
                         schema::encode_pass_through(&batch, json)
@@ -277,7 +279,12 @@ fn read_batches(bytes: &[u8], door: Door) -> Result<Vec<ReadPart<'_>>, ApiError>
         }
         _ => {}
     }
-    if let Some(read) = schema::read_batches(bytes) {
+    // The Events API's batches travel as sent, so their attribute maps are only checked.
+    let read = match door {
+        Door::Events | Door::Bulk | Door::Historical => schema::skim_batches(bytes),
+        Door::Webhook => schema::read_batches(bytes),
+    };
+    if let Some(read) = read {
         return Ok(read
             .into_iter()
             .map(|r| (r.json, Ok((r.batch, r.as_sent))))

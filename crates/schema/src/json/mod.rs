@@ -20,6 +20,25 @@ thread_local! {
     static NORMALISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+thread_local! {
+    /// Set while reading a batch whose attribute maps only need to be well-formed (ingest's
+    /// pass-through: the sender's bytes travel on, and no check reads those maps).
+    static SKIM_ATTRIBUTES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `read` with attribute maps (`Attrs`, `Nested`) checked for syntax and left empty:
+/// most of a typical event's bytes and allocations are its attributes.
+pub(crate) fn skimming_attributes<T>(read: impl FnOnce() -> T) -> T {
+    SKIM_ATTRIBUTES.with(|s| s.set(true));
+    let out = read();
+    SKIM_ATTRIBUTES.with(|s| s.set(false));
+    out
+}
+
+pub(crate) fn skims_attributes() -> bool {
+    SKIM_ATTRIBUTES.with(|s| s.get())
+}
+
 pub(crate) fn note_normalised() {
     NORMALISED.with(|n| n.set(true));
 }

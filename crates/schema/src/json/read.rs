@@ -461,6 +461,10 @@ pub struct Attrs;
 impl Kind for Attrs {
     type Out = Attributes;
     fn decode<'de, D: Deserializer<'de>>(d: D) -> Result<Fit<Attributes>, D::Error> {
+        if super::skims_attributes() {
+            d.deserialize_any(Skip)?;
+            return Ok(Ok(Attributes::default()));
+        }
         d.deserialize_any(AttrsVisitor)
     }
     fn encode(value: &Attributes, w: &mut Writer, _: Dialect) {
@@ -495,6 +499,55 @@ impl<'de> Visitor<'de> for AttrsVisitor {
         capture_seq(seq).map(Err)
     }
     raw_scalars!();
+}
+
+/// Reads any value and keeps nothing, refusing exactly what reading it into an attribute map
+/// refuses (keys as [`Key`]s, and every scalar read as itself: a number out of range, a string
+/// that is not UTF-8 or a lone surrogate), where `IgnoredAny` would pass some of those.
+struct Skip;
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<Key>()?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
+        Ok(())
+    }
 }
 
 /// An object of objects, each kept whole.
