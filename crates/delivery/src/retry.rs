@@ -13,7 +13,10 @@ use schema::v1::RoutedBatch;
 pub struct RetryPolicy {
     /// The first retry waits up to this long; each further one up to twice as long.
     pub base: Duration,
-    /// No single wait is longer (SQS caps a delay at 12 hours of visibility).
+    /// No single wait is longer. It bounds how long a parked batch still waits once the
+    /// destination is back; it does not bound the load on a destination that is down, which
+    /// the destination's own pause does (each retry worker waits out the last failure's
+    /// `Retry-After`, or `base`, before its next round of at most `retry_batch` batches).
     pub cap: Duration,
     /// Past this since the first attempt, a batch is dead-lettered.
     pub window: Duration,
@@ -25,7 +28,9 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             base: Duration::from_secs(1),
-            cap: Duration::from_secs(300),
+            // Five minutes left batches parked a minute or two after a 30 s outage had
+            // ended (the full-disk fault scenario: 80–126 s to recover).
+            cap: Duration::from_secs(30),
             window: Duration::from_secs(4 * 3600),
             probe_interval: Duration::from_secs(30),
         }
@@ -145,6 +150,10 @@ mod tests {
             assert!(policy.delay(1, Some(Duration::from_secs(2))) >= Duration::from_secs(2));
         }
         assert!(policy.delay(u32::MAX, None) <= policy.cap);
+        // Past the ceiling, a parked batch waits no longer however long the outage was, and a
+        // longer Retry-After is still honoured.
+        assert!(policy.cap <= Duration::from_secs(30));
+        assert!(policy.delay(40, Some(Duration::from_secs(120))) >= Duration::from_secs(120));
     }
 
     #[test]
