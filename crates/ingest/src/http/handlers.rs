@@ -34,6 +34,13 @@ impl Door {
             Door::Webhook => "webhook",
         }
     }
+
+    /// mParticle's Events API (its inbound dialect): a batch from it that reads as sent
+    /// travels as the sender's bytes. The read and the encoding must agree on this, since a
+    /// skimmed batch lacks its attribute maps and must never be encoded whole.
+    fn passes_through(self) -> bool {
+        matches!(self, Door::Events | Door::Bulk | Door::Historical)
+    }
 }
 
 pub async fn events(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
@@ -204,12 +211,11 @@ async fn accept(
                 // destination sends it on without decoding or encoding it again.
                 // (`skim_batches` read in full every batch that does not pass through, so no
                 // skimmed batch is encoded whole.)
-                let body = match door {
-                    Door::Events | Door::Bulk | Door::Historical if as_sent => {
-                        schema::encode_pass_through(&batch, json)
-                            .unwrap_or_else(|| batch.encode_to_vec())
-                    }
-                    _ => batch.encode_to_vec(),
+                let body = if door.passes_through() && as_sent {
+                    schema::encode_pass_through(&batch, json)
+                        .unwrap_or_else(|| batch.encode_to_vec())
+                } else {
+                    batch.encode_to_vec()
                 };
                 accepted.push(queue_message(body, &source.id, door, now, &trace));
             }
@@ -280,9 +286,10 @@ fn read_batches(bytes: &[u8], door: Door) -> Result<Vec<ReadPart<'_>>, ApiError>
         _ => {}
     }
     // The Events API's batches travel as sent, so their attribute maps are only checked.
-    let read = match door {
-        Door::Events | Door::Bulk | Door::Historical => schema::skim_batches(bytes),
-        Door::Webhook => schema::read_batches(bytes),
+    let read = if door.passes_through() {
+        schema::skim_batches(bytes)
+    } else {
+        schema::read_batches(bytes)
     };
     if let Some(read) = read {
         return Ok(read
