@@ -740,7 +740,8 @@ macro_rules! fields {
                         // A repeated key: the last one wins, in the field or in `extra`.
                         match map.next_value_seed($crate::json::read::KindSeed::<$kind>::new())? {
                             Ok(v) => {
-                                self.$field = Some(v);
+                                // `into`: a boxed field (`build.rs`) takes its value boxed.
+                                self.$field = Some(v.into());
                                 if !extra.is_empty() {
                                     extra.remove(key);
                                 }

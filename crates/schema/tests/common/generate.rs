@@ -491,7 +491,7 @@ fn event_kind(mode: Mode) -> BoxedStrategy<event::Kind> {
             .prop_map(
                 |((class_name, severity, message, stack_trace, handled), rest)| {
                     let (topmost_context, pl, base, size, session_number) = rest;
-                    K::CrashReport(CrashReport {
+                    K::CrashReport(Box::new(CrashReport {
                         class_name,
                         breadcrumbs: None,
                         severity,
@@ -503,7 +503,7 @@ fn event_kind(mode: Mode) -> BoxedStrategy<event::Kind> {
                         ios_image_base_address: base,
                         ios_image_size: size,
                         session_number,
-                    })
+                    }))
                 },
             )
             .boxed(),
@@ -551,7 +551,7 @@ fn event_kind(mode: Mode) -> BoxedStrategy<event::Kind> {
         )
             .prop_map(
                 |(kind, (token, message, network, payload), state, action)| {
-                    K::PushMessage(PushMessage {
+                    K::PushMessage(Box::new(PushMessage {
                         push_message_type: Some(kind),
                         push_message_token: token,
                         message,
@@ -560,7 +560,7 @@ fn event_kind(mode: Mode) -> BoxedStrategy<event::Kind> {
                         application_state: state,
                         action_identifier: action,
                         push_message_behavior: None,
-                    })
+                    }))
                 },
             )
             .boxed(),
@@ -571,7 +571,7 @@ fn event_kind(mode: Mode) -> BoxedStrategy<event::Kind> {
         )
             .prop_map(
                 |((verb, url), (elapsed, bytes_in, bytes_out, code), data)| {
-                    K::NetworkPerformance(NetworkPerformance {
+                    K::NetworkPerformance(Box::new(NetworkPerformance {
                         http_verb: verb,
                         url,
                         time_elapsed: elapsed,
@@ -579,7 +579,7 @@ fn event_kind(mode: Mode) -> BoxedStrategy<event::Kind> {
                         bytes_out,
                         response_code: Some(code),
                         data,
-                    })
+                    }))
                 },
             )
             .boxed(),
@@ -604,7 +604,9 @@ fn event_kind(mode: Mode) -> BoxedStrategy<event::Kind> {
                 })
             })
             .boxed(),
-        commerce(mode).prop_map(K::CommerceEvent).boxed(),
+        commerce(mode)
+            .prop_map(|c| K::CommerceEvent(Box::new(c)))
+            .boxed(),
         (
             text(mode),
             attribute_value(mode),
@@ -624,10 +626,10 @@ fn event_kind(mode: Mode) -> BoxedStrategy<event::Kind> {
             .boxed(),
         (user_identity(mode), user_identity(mode))
             .prop_map(|(n, o)| {
-                K::UserIdentityChange(UserIdentityChange {
+                K::UserIdentityChange(Box::new(UserIdentityChange {
                     new: Some(n),
                     old: Some(o),
-                })
+                }))
             })
             .boxed(),
         Just(K::Uninstall(Uninstall {})).boxed(),
@@ -656,23 +658,23 @@ fn event_kind(mode: Mode) -> BoxedStrategy<event::Kind> {
                             kind: Some(value::Kind::Json(format!("{{\"raw\":{j}}}"))),
                         })
                         .collect();
-                    K::CrashReport(CrashReport {
+                    K::CrashReport(Box::new(CrashReport {
                         breadcrumbs: Some(Value {
                             kind: Some(value::Kind::ListValue(ValueList { values })),
                         }),
                         ..Default::default()
-                    })
+                    }))
                 })
                 .boxed(),
         );
         kinds.push(
             scalar_value(mode)
                 .prop_map(|behavior| {
-                    K::PushMessage(PushMessage {
+                    K::PushMessage(Box::new(PushMessage {
                         push_message_type: Some("action".into()),
                         push_message_behavior: Some(behavior),
                         ..Default::default()
-                    })
+                    }))
                 })
                 .boxed(),
         );
@@ -735,8 +737,8 @@ fn event(mode: Mode) -> BoxedStrategy<Event> {
                 session_start_unixtime_ms: session_start,
                 event_start_unixtime_ms: event_start,
                 custom_attributes,
-                location,
-                device_current_state,
+                location: location.map(Box::new),
+                device_current_state: device_current_state.map(Box::new),
                 is_goal_defined: goal,
                 lifetime_value_change: ltv,
                 lifetime_value_attribute_name: ltv_name,
@@ -918,7 +920,7 @@ pub fn batch(mode: Mode, dialect: Dialect) -> BoxedStrategy<Batch> {
                 events,
                 source_request_id,
                 environment: env,
-                device_info,
+                device_info: device_info.map(Box::new),
                 user_attributes,
                 deleted_user_attributes: deleted.map(|values| StringList { values }),
                 user_identities: identities.map(|values| UserIdentities { values }),
