@@ -531,7 +531,7 @@ fn in_savepoint<T>(
 pub struct EmbeddedQueue {
     db: EmbeddedDb,
     name: Arc<str>,
-    /// Woken once per send or zero-delay nack, and by a receiver that may have left messages
+    /// Woken once per send or nack, and by a receiver that may have left messages
     /// behind: one waiting receiver at a time, not all of them for every send (a third of
     /// the receives came back empty when every send woke every poller of every queue).
     arrivals: Arc<Notify>,
@@ -745,9 +745,8 @@ impl Queue for EmbeddedQueue {
 
     async fn nack(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError> {
         self.set_visible_at(receipt, delay).await?;
-        if delay.is_zero() {
-            self.arrivals.notify_one();
-        }
+        // Even with a delay: a waiting receiver may be asleep until a later time than this.
+        self.arrivals.notify_one();
         Ok(())
     }
 
@@ -903,6 +902,40 @@ mod tests {
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].body, got[0].body);
         assert!(moved.elapsed() < Duration::from_secs(10));
+    }
+
+    /// A message handed back with a short delay reaches a receiver that went to sleep
+    /// expecting it only when its (longer) visibility timeout ran out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_nack_with_a_delay_wakes_a_receiver_for_that_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(&dir.path().join("q.db"), EmbeddedSync::Normal).unwrap();
+        let queue = db.queue("q");
+        queue.send(vec![Message::new("x")]).await.unwrap();
+        let long = ReceiveOptions {
+            max_messages: 10,
+            wait: Duration::from_secs(20),
+            visibility: Duration::from_secs(20),
+        };
+        let first = queue.receive(long).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let waiting = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.receive(long).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let handed_back = Instant::now();
+        queue
+            .nack(&first[0].receipt, Duration::from_millis(200))
+            .await
+            .unwrap();
+        let again = waiting.await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(
+            handed_back.elapsed() < Duration::from_secs(10),
+            "the receiver slept until its poll ended: {:?}",
+            handed_back.elapsed()
+        );
     }
 
     /// Acknowledged messages take their segments with them; a segment that only a few
