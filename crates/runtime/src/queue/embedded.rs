@@ -52,12 +52,7 @@ impl Inner {
     /// The wake-up of the queue `name`, shared by every handle on it.
     fn arrivals_of(&self, name: &str) -> Arc<Notify> {
         let mut all = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(found) = all.get(name) {
-            return found.clone();
-        }
-        let made = Arc::new(Notify::new());
-        all.insert(name.into(), made.clone());
-        made
+        all.entry(name.into()).or_default().clone()
     }
 }
 
@@ -696,8 +691,8 @@ impl Queue for EmbeddedQueue {
                 .db
                 .run(move |w| receive_now(w, &queue, redrive.as_ref(), max, visibility_ms))
                 .await?;
-            if dead_lettered && let Some(dead_letter) = self.dead_letter() {
-                dead_letter.arrivals.notify_one();
+            if dead_lettered && let Some((_, dead_letter)) = &self.redrive {
+                self.db.inner.arrivals_of(dead_letter).notify_one();
             }
             if !messages.is_empty() {
                 // A full receive may have left more: the next waiting receiver looks.
