@@ -140,7 +140,8 @@ fn collect(w: &mut Writer) -> Result<(), QueueError> {
         let mut rows = w
             .conn
             .prepare_cached(
-                "SELECT segment, SUM(body_len + attributes_len) FROM entries GROUP BY segment",
+                "SELECT segment, SUM((body_len + attributes_len) * (parts - done) / parts)
+                 FROM entries GROUP BY segment",
             )
             .map_err(db_error)?;
         let found = rows
@@ -214,9 +215,12 @@ fn move_out_of(w: &mut Writer, segment: i64) -> Result<(), QueueError> {
     Ok(())
 }
 
-/// A row per message: its state (visibility, receive count) and where its body is. Rows are
-/// small, so a receive rewrites little; bodies are written once, on send, and their segment
-/// goes when every message in it is acknowledged.
+/// A row per send of up to [`PACK_MAX`] messages: their state (visibility, receive count,
+/// which of them are done) and where their bodies are. Rows are small, so a receive rewrites
+/// little; bodies are written once, on send, and their segment goes when every message in it
+/// is acknowledged. A row of one message (`parts = 1`) holds its body and attributes as they
+/// are; a row of several holds them packed ([`pack_header`]), so a send, a claim and an ack
+/// of a bulk request's batches touch one row, not ten.
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS entries (
         id             INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -227,10 +231,89 @@ const SCHEMA: &str = "
         segment        INTEGER NOT NULL,
         offset         INTEGER NOT NULL,
         body_len       INTEGER NOT NULL,
-        attributes_len INTEGER NOT NULL
+        attributes_len INTEGER NOT NULL,
+        parts          INTEGER NOT NULL DEFAULT 1,
+        acked          INTEGER NOT NULL DEFAULT 0,
+        done           INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS entries_ready ON entries (queue, visible_at, id);
 ";
+
+/// Most messages one row holds: a receive hands out at most ten (as SQS), and a row is
+/// claimed whole.
+const PACK_MAX: usize = 10;
+
+/// The columns a row gained when rows began to hold several messages: a database from before
+/// gets them (each of its rows holds one message).
+fn add_pack_columns(conn: &Connection) -> Result<(), QueueError> {
+    let has_parts: bool = conn
+        .query_row(
+            "SELECT EXISTS(SELECT 1 FROM pragma_table_info('entries') WHERE name = 'parts')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_error)?;
+    if !has_parts {
+        conn.execute_batch(
+            "ALTER TABLE entries ADD COLUMN parts INTEGER NOT NULL DEFAULT 1;
+             ALTER TABLE entries ADD COLUMN acked INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE entries ADD COLUMN done INTEGER NOT NULL DEFAULT 0;",
+        )
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Keeps each prepared statement's plan whatever values are bound to it. Without this, SQLite
+/// (3.4x) marks a statement whose `LIMIT` is a bound parameter as expired whenever that
+/// parameter is bound, and parses and plans it again on the next step: every receive's claim
+/// was compiled afresh (~4% of `mpconnect all`'s CPU under load). The plans do not depend on
+/// the values (no `ANALYZE` statistics are kept), so nothing is lost.
+fn hold_query_plans(conn: &Connection) -> Result<(), QueueError> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// A packed row's record starts with each message's body and attribute lengths (u32, little
+/// endian); the bodies and attributes follow in order.
+fn pack_header(messages: &[Message], attributes: &[Vec<u8>]) -> Vec<u8> {
+    let mut header = Vec::with_capacity(messages.len() * 8);
+    for (m, a) in messages.iter().zip(attributes) {
+        header.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
+        header.extend_from_slice(&(a.len() as u32).to_le_bytes());
+    }
+    header
+}
+
+/// The messages of a packed record: each one's body (sharing the record's buffer) and
+/// attributes' bytes, or `None` if the record does not hold `parts` messages.
+fn unpack(record: Bytes, parts: usize) -> Option<Vec<(Bytes, Bytes)>> {
+    let header_len = parts.checked_mul(8)?;
+    let header = record.get(..header_len)?;
+    let mut at = header_len;
+    let mut out = Vec::with_capacity(parts);
+    for lens in header.chunks_exact(8) {
+        let body_len = u32::from_le_bytes(lens[..4].try_into().ok()?) as usize;
+        let attributes_len = u32::from_le_bytes(lens[4..].try_into().ok()?) as usize;
+        let body_end = at.checked_add(body_len)?;
+        let end = body_end.checked_add(attributes_len)?;
+        if end > record.len() {
+            return None;
+        }
+        out.push((record.slice(at..body_end), record.slice(body_end..end)));
+        at = end;
+    }
+    Some(out)
+}
+
+/// Every part of a row of `parts` messages.
+fn all_parts(parts: i64) -> i64 {
+    (1i64 << parts) - 1
+}
 
 /// A message as an earlier version kept it: id, queue, sent at, visible at, receive count,
 /// body, attributes.
@@ -288,6 +371,7 @@ fn migrate(w: &mut Writer) -> Result<(), QueueError> {
                 visible_at,
                 receive_count,
                 place,
+                Parts::ONE,
             )?;
         }
         w.conn
@@ -317,6 +401,27 @@ fn place_at(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Place> {
     })
 }
 
+/// A row's messages: how many, and which of them are done (a bit each).
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    parts: i64,
+    acked: i64,
+}
+
+impl Parts {
+    const ONE: Parts = Parts { parts: 1, acked: 0 };
+
+    fn done(self) -> i64 {
+        i64::from(self.acked.count_ones())
+    }
+
+    /// The parts not yet done, in order.
+    fn left(self) -> impl Iterator<Item = i64> {
+        (0..self.parts).filter(move |p| self.acked & (1 << p) == 0)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn insert_entry(
     conn: &Connection,
     id: Option<i64>,
@@ -325,11 +430,12 @@ fn insert_entry(
     visible_at: i64,
     receive_count: i64,
     place: Place,
+    parts: Parts,
 ) -> Result<i64, QueueError> {
     conn.prepare_cached(
         "INSERT INTO entries (id, queue, sent_at, visible_at, receive_count, segment, offset,
-                              body_len, attributes_len)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                              body_len, attributes_len, parts, acked, done)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -341,7 +447,10 @@ fn insert_entry(
             place.segment,
             place.offset as i64,
             place.body_len as i64,
-            place.attributes_len as i64
+            place.attributes_len as i64,
+            parts.parts,
+            parts.acked,
+            parts.done()
         ])
     })
     .map_err(db_error)?;
@@ -392,6 +501,8 @@ impl EmbeddedDb {
              PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864; {SCHEMA}"
         ))
         .map_err(db_error)?;
+        add_pack_columns(&conn)?;
+        hold_query_plans(&conn)?;
         // Every statement the writer runs stays prepared (the default cache of 16 is smaller
         // than the set, and a miss re-parses the SQL).
         conn.set_prepared_statement_cache_capacity(64);
@@ -541,42 +652,152 @@ impl EmbeddedQueue {
 }
 
 /// A receipt names the row and the receive it came from, so a stale one cannot touch a
-/// message that has since been received again.
-fn receipt(id: i64, receive_count: i64) -> Receipt {
-    Receipt(format!("{id}.{receive_count}"))
+/// message that has since been received again, and in a packed row the message's place.
+fn receipt(id: i64, receive_count: i64, part: Option<i64>) -> Receipt {
+    match part {
+        None => Receipt(format!("{id}.{receive_count}")),
+        Some(part) => Receipt(format!("{id}.{receive_count}.{part}")),
+    }
 }
 
-fn parse_receipt(receipt: &Receipt) -> Result<(i64, i64), QueueError> {
-    receipt
-        .0
-        .split_once('.')
-        .and_then(|(id, count)| Some((id.parse().ok()?, count.parse().ok()?)))
-        .ok_or_else(|| {
-            QueueError::Rejected(format!("not an embedded queue receipt: {}", receipt.0))
-        })
+/// A receipt's row, receive count and (in a packed row) part.
+fn parse_receipt(receipt: &Receipt) -> Result<(i64, i64, Option<i64>), QueueError> {
+    let mut fields = receipt.0.split('.');
+    let parsed = (|| {
+        let id = fields.next()?.parse().ok()?;
+        let count = fields.next()?.parse().ok()?;
+        let part = match fields.next() {
+            None => None,
+            Some(p) => Some(
+                p.parse()
+                    .ok()
+                    .filter(|p| (0..PACK_MAX as i64).contains(p))?,
+            ),
+        };
+        fields.next().is_none().then_some((id, count, part))
+    })();
+    parsed.ok_or_else(|| {
+        QueueError::Rejected(format!("not an embedded queue receipt: {}", receipt.0))
+    })
 }
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A claimed row: id, sent at, receive count, body's place, and its parts.
+type Claimed = (i64, i64, i64, Place, Parts);
+
+/// How many rows the next claim takes so that their messages fit in `room`. A first row with
+/// more messages left than that is split: the messages past `room` move to a row of their own
+/// (the same body, the other parts marked done), still visible.
+fn rows_that_fit(
+    w: &mut Writer,
+    queue: &str,
+    now: i64,
+    room: usize,
+) -> Result<(usize, bool), QueueError> {
+    let candidates: Vec<(i64, Parts)> = w
+        .conn
+        .prepare_cached(
+            "SELECT id, parts, acked FROM entries WHERE queue = ?1 AND visible_at <= ?2
+             ORDER BY visible_at, id LIMIT ?3",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![queue, now, room as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    Parts {
+                        parts: r.get(1)?,
+                        acked: r.get(2)?,
+                    },
+                ))
+            })?
+            .collect()
+        })
+        .map_err(db_error)?;
+    let mut rows = 0;
+    let mut left = room as i64;
+    let found = candidates.len();
+    for (id, parts) in candidates {
+        let held = parts.parts - parts.done();
+        if held <= left {
+            rows += 1;
+            left -= held;
+            continue;
+        }
+        if rows == 0 {
+            let moved = parts
+                .left()
+                .skip(left as usize)
+                .fold(0, |m, p| m | (1 << p));
+            split_off(w, id, moved, None)?;
+            rows = 1;
+        }
+        break;
+    }
+    Ok((rows, rows < found))
+}
+
+/// Moves the parts in `moved` out of row `id` into a new row of their own (visible at
+/// `visible_at`, or when the row is), with the row's body, send time and receive count.
+fn split_off(
+    w: &mut Writer,
+    id: i64,
+    moved: i64,
+    visible_at: Option<i64>,
+) -> Result<(), QueueError> {
+    w.conn
+        .prepare_cached(
+            "INSERT INTO entries (queue, sent_at, visible_at, receive_count, segment, offset,
+                                  body_len, attributes_len, parts, acked, done)
+             SELECT queue, sent_at, COALESCE(?2, visible_at), receive_count, segment, offset,
+                    body_len, attributes_len, parts, ((1 << parts) - 1) & ~?3, parts - ?4
+             FROM entries WHERE id = ?1",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id,
+                visible_at,
+                moved,
+                i64::from(moved.count_ones())
+            ])
+        })
+        .map_err(db_error)?;
+    mark_done(w, id, moved)
+}
+
+/// Marks the parts in `parts` of row `id` done.
+fn mark_done(w: &mut Writer, id: i64, parts: i64) -> Result<(), QueueError> {
+    w.conn
+        .prepare_cached("UPDATE entries SET acked = acked | ?2, done = done + ?3 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id, parts, i64::from(parts.count_ones())]))
+        .map_err(db_error)?;
+    Ok(())
+}
+
 /// One receive, in one transaction: take up to `max` visible messages, oldest first, and make
 /// them invisible; those received too often already go to the dead-letter queue instead.
-/// Returns the messages, whether any were dead-lettered, and, when there were none, the time
-/// the next one becomes visible.
+/// Returns what came of it.
 fn receive_now(
     w: &mut Writer,
     queue: &str,
     redrive: Option<&(u32, Arc<str>)>,
     max: usize,
     visibility_ms: i64,
-) -> Result<(Vec<Received>, Option<i64>, bool), QueueError> {
+) -> Result<Receive, QueueError> {
     let now = now_ms();
     let mut out = Vec::with_capacity(max);
     let mut dead_lettered = false;
+    let mut more = false;
     while out.len() < max {
+        let (rows, left_some) = rows_that_fit(w, queue, now, max - out.len())?;
+        more = left_some;
+        if rows == 0 {
+            break;
+        }
         // Select and claim in one statement.
-        let mut claimed: Vec<(i64, i64, i64, Place)> = {
+        let mut claimed: Vec<Claimed> = {
             let mut claim = w
                 .conn
                 .prepare_cached(
@@ -584,14 +805,17 @@ fn receive_now(
                      WHERE id IN (SELECT id FROM entries WHERE queue = ?2 AND visible_at <= ?3
                                   ORDER BY visible_at, id LIMIT ?4)
                      RETURNING id, sent_at, receive_count, segment, offset, body_len,
-                               attributes_len",
+                               attributes_len, parts, acked",
                 )
                 .map_err(db_error)?;
             claim
-                .query_map(
-                    params![now + visibility_ms, queue, now, (max - out.len()) as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, place_at(r, 3)?)),
-                )
+                .query_map(params![now + visibility_ms, queue, now, rows as i64], |r| {
+                    let parts = Parts {
+                        parts: r.get(7)?,
+                        acked: r.get(8)?,
+                    };
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, place_at(r, 3)?, parts))
+                })
                 .map_err(db_error)?
                 .collect::<Result<_, _>>()
                 .map_err(db_error)?
@@ -601,7 +825,7 @@ fn receive_now(
         }
         claimed.sort_unstable_by_key(|row| row.0);
         let mut moved_any = false;
-        for (id, sent_at, count, place) in claimed {
+        for (id, sent_at, count, place, parts) in claimed {
             if let Some((max_receives, dead_letter)) = redrive
                 && count > i64::from(*max_receives)
             {
@@ -614,15 +838,39 @@ fn receive_now(
                 dead_lettered = true;
                 continue;
             }
+            let receive_count = u32::try_from(count).unwrap_or(u32::MAX);
             let (body, attributes) = w.log.read(place)?;
-            out.push(Received {
-                message_id: id.to_string(),
-                receipt: receipt(id, count),
-                body: Bytes::from(body),
-                attributes: serde_json::from_slice(&attributes).unwrap_or_default(),
-                receive_count: u32::try_from(count).unwrap_or(u32::MAX),
-                sent_at_ms: sent_at,
-            });
+            if parts.parts == 1 {
+                out.push(Received {
+                    message_id: id.to_string(),
+                    receipt: receipt(id, count, None),
+                    body: Bytes::from(body),
+                    attributes: serde_json::from_slice(&attributes).unwrap_or_default(),
+                    receive_count,
+                    sent_at_ms: sent_at,
+                });
+                continue;
+            }
+            let messages = usize::try_from(parts.parts)
+                .ok()
+                .and_then(|n| unpack(Bytes::from(body), n))
+                .ok_or_else(|| {
+                    QueueError::Unavailable(format!(
+                        "embedded queue: the bodies of row {id} are not {} messages",
+                        parts.parts
+                    ))
+                })?;
+            for part in parts.left() {
+                let (body, attributes) = messages[part as usize].clone();
+                out.push(Received {
+                    message_id: format!("{id}.{part}"),
+                    receipt: receipt(id, count, Some(part)),
+                    body,
+                    attributes: serde_json::from_slice(&attributes).unwrap_or_default(),
+                    receive_count,
+                    sent_at_ms: sent_at,
+                });
+            }
         }
         // Only dead-lettering leaves room to fill; otherwise that was all there was.
         if !moved_any {
@@ -637,7 +885,23 @@ fn receive_now(
     } else {
         None
     };
-    Ok((out, next_visible, dead_lettered))
+    Ok(Receive {
+        messages: out,
+        more,
+        next_visible,
+        dead_lettered,
+    })
+}
+
+/// What one receive took, and what it saw.
+struct Receive {
+    messages: Vec<Received>,
+    /// Visible messages were left that did not fit: another receiver may take them.
+    more: bool,
+    /// When there were none: when the next one becomes visible.
+    next_visible: Option<i64>,
+    /// Some were moved to the dead-letter queue.
+    dead_lettered: bool,
 }
 
 impl Queue for EmbeddedQueue {
@@ -658,15 +922,56 @@ impl Queue for EmbeddedQueue {
                     .map(|m| serde_json::to_vec(&m.attributes))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| QueueError::Rejected(e.to_string()))?;
-                let records: Vec<(&[u8], &[u8])> = messages
+                // A row per run of up to PACK_MAX messages sent with the same delay.
+                let mut rows: Vec<std::ops::Range<usize>> = Vec::new();
+                for (i, m) in messages.iter().enumerate() {
+                    match rows.last_mut() {
+                        Some(row)
+                            if row.len() < PACK_MAX && messages[row.start].delay == m.delay =>
+                        {
+                            row.end = i + 1
+                        }
+                        _ => rows.push(i..i + 1),
+                    }
+                }
+                let headers: Vec<Vec<u8>> = rows
                     .iter()
-                    .zip(&attributes)
-                    .map(|(m, a)| (&m.body[..], &a[..]))
+                    .filter(|row| row.len() > 1)
+                    .map(|row| pack_header(&messages[row.clone()], &attributes[row.clone()]))
                     .collect();
+                let mut records: Vec<(&[u8], &[u8])> =
+                    Vec::with_capacity(messages.len() + headers.len());
+                let mut packed = headers.iter();
+                for row in &rows {
+                    if row.len() > 1 {
+                        let header = packed.next().map_or(&[][..], |h| &h[..]);
+                        records.push((header, &[]));
+                    }
+                    for i in row.clone() {
+                        records.push((&messages[i].body[..], &attributes[i][..]));
+                    }
+                }
                 let places = w.log.append_all(&records, true)?;
-                for (m, place) in messages.iter().zip(places) {
-                    let visible_at = now + millis(m.delay);
-                    insert_entry(&w.conn, None, &queue, now, visible_at, 0, place)?;
+                let mut places = places.into_iter();
+                for row in rows {
+                    let visible_at = now + millis(messages[row.start].delay);
+                    let n = row.len();
+                    let spans = places.by_ref().take(if n > 1 { n + 1 } else { 1 });
+                    let place = spans
+                        .reduce(|first, next| Place {
+                            body_len: next.offset + next.body_len + next.attributes_len
+                                - first.offset,
+                            attributes_len: 0,
+                            ..first
+                        })
+                        .ok_or_else(|| {
+                            QueueError::Unavailable("embedded queue: a send lost its place".into())
+                        })?;
+                    let parts = Parts {
+                        parts: n as i64,
+                        acked: 0,
+                    };
+                    insert_entry(&w.conn, None, &queue, now, visible_at, 0, place, parts)?;
                 }
                 Ok(())
             })
@@ -687,7 +992,12 @@ impl Queue for EmbeddedQueue {
 
             let queue = self.name.clone();
             let redrive = self.redrive.clone();
-            let (messages, next_visible, dead_lettered) = self
+            let Receive {
+                messages,
+                more,
+                next_visible,
+                dead_lettered,
+            } = self
                 .db
                 .run(move |w| receive_now(w, &queue, redrive.as_ref(), max, visibility_ms))
                 .await?;
@@ -695,8 +1005,9 @@ impl Queue for EmbeddedQueue {
                 self.db.inner.arrivals_of(dead_letter).notify_one();
             }
             if !messages.is_empty() {
-                // A full receive may have left more: the next waiting receiver looks.
-                if messages.len() == max {
+                // A full receive, or one that left rows that did not fit, may have left more:
+                // the next waiting receiver looks.
+                if more || messages.len() == max {
                     self.arrivals.notify_one();
                 }
                 return Ok(messages);
@@ -724,14 +1035,49 @@ impl Queue for EmbeddedQueue {
             .collect::<Result<Vec<_>, _>>()?;
         self.db
             .run(move |w| {
-                let mut delete = w
-                    .conn
-                    .prepare_cached("DELETE FROM entries WHERE id = ?1 AND receive_count = ?2")
-                    .map_err(db_error)?;
-                for (id, count) in keys {
-                    // A receipt from an earlier receive deletes nothing: the message is with
-                    // another consumer now, who will ack it. Its body goes with its segment.
-                    delete.execute(params![id, count]).map_err(db_error)?;
+                // A receipt from an earlier receive changes nothing: the message is with
+                // another consumer now, who will ack it. Its body goes with its segment.
+                let mut packed: std::collections::BTreeMap<(i64, i64), i64> = Default::default();
+                for (id, count, part) in keys {
+                    match part {
+                        None => {
+                            w.conn
+                                .prepare_cached(
+                                    "DELETE FROM entries WHERE id = ?1 AND receive_count = ?2",
+                                )
+                                .and_then(|mut s| s.execute(params![id, count]))
+                                .map_err(db_error)?;
+                        }
+                        Some(part) => *packed.entry((id, count)).or_default() |= 1 << part,
+                    }
+                }
+                for ((id, count), acked) in packed {
+                    let found: Option<Parts> = w
+                        .conn
+                        .prepare_cached(
+                            "SELECT parts, acked FROM entries WHERE id = ?1 AND receive_count = ?2",
+                        )
+                        .and_then(|mut s| {
+                            s.query_row(params![id, count], |r| {
+                                Ok(Parts {
+                                    parts: r.get(0)?,
+                                    acked: r.get(1)?,
+                                })
+                            })
+                            .optional()
+                        })
+                        .map_err(db_error)?;
+                    let Some(row) = found else { continue };
+                    let all = all_parts(row.parts);
+                    if (row.acked | acked) & all == all {
+                        // The row's last message takes the row with it.
+                        w.conn
+                            .prepare_cached("DELETE FROM entries WHERE id = ?1")
+                            .and_then(|mut s| s.execute(params![id]))
+                            .map_err(db_error)?;
+                    } else {
+                        mark_done(w, id, acked & all & !row.acked)?;
+                    }
                 }
                 Ok(())
             })
@@ -739,14 +1085,14 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn nack(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError> {
-        self.set_visible_at(receipt, delay).await?;
+        self.set_visible_at(receipt, delay, true).await?;
         // Even with a delay: a waiting receiver may be asleep until a later time than this.
         self.arrivals.notify_one();
         Ok(())
     }
 
     async fn extend(&self, receipt: &Receipt, visibility: Duration) -> Result<(), QueueError> {
-        self.set_visible_at(receipt, visibility).await
+        self.set_visible_at(receipt, visibility, false).await
     }
 
     async fn depth(&self) -> Result<Depth, QueueError> {
@@ -756,9 +1102,9 @@ impl Queue for EmbeddedQueue {
                 let now = now_ms();
                 w.conn
                     .query_row(
-                        "SELECT COALESCE(SUM(visible_at <= ?2), 0),
-                            COALESCE(SUM(visible_at > ?2 AND receive_count > 0), 0),
-                            COALESCE(SUM(visible_at > ?2 AND receive_count = 0), 0)
+                        "SELECT COALESCE(SUM((visible_at <= ?2) * (parts - done)), 0),
+                            COALESCE(SUM((visible_at > ?2 AND receive_count > 0) * (parts - done)), 0),
+                            COALESCE(SUM((visible_at > ?2 AND receive_count = 0) * (parts - done)), 0)
                      FROM entries WHERE queue = ?1",
                         params![&*queue, now],
                         |r| {
@@ -776,23 +1122,54 @@ impl Queue for EmbeddedQueue {
 }
 
 impl EmbeddedQueue {
-    /// Moves a message's visibility to `from_now` later, if this receipt still holds it.
+    /// Moves a message's visibility to `from_now` later, if this receipt still holds it. A
+    /// message handed back (`alone`) from a row whose other messages are still held moves to a
+    /// row of its own; an extension moves the row's with it (they came in the same receive).
     async fn set_visible_at(
         &self,
         receipt: &Receipt,
         from_now: Duration,
+        alone: bool,
     ) -> Result<(), QueueError> {
-        let (id, count) = parse_receipt(receipt)?;
+        let (id, count, part) = parse_receipt(receipt)?;
         let changed = self
             .db
             .run(move |w| {
                 let now = now_ms();
+                let visible_at = now + millis(from_now);
+                if let Some(part) = part {
+                    let found: Option<Parts> = w
+                        .conn
+                        .prepare_cached(
+                            "SELECT parts, acked FROM entries
+                             WHERE id = ?1 AND receive_count = ?2 AND visible_at > ?3",
+                        )
+                        .and_then(|mut s| {
+                            s.query_row(params![id, count, now], |r| {
+                                Ok(Parts {
+                                    parts: r.get(0)?,
+                                    acked: r.get(1)?,
+                                })
+                            })
+                            .optional()
+                        })
+                        .map_err(db_error)?;
+                    let Some(row) = found else { return Ok(0) };
+                    let bit = 1 << part;
+                    if part >= row.parts || row.acked & bit != 0 {
+                        return Ok(0);
+                    }
+                    if alone && row.parts - row.done() > 1 {
+                        split_off(w, id, bit, Some(visible_at))?;
+                        return Ok(1);
+                    }
+                }
                 w.conn
                     .prepare_cached(
                         "UPDATE entries SET visible_at = ?1
                      WHERE id = ?2 AND receive_count = ?3 AND visible_at > ?4",
                     )
-                    .and_then(|mut s| s.execute(params![now + millis(from_now), id, count, now]))
+                    .and_then(|mut s| s.execute(params![visible_at, id, count, now]))
                     .map_err(db_error)
             })
             .await?;
@@ -1018,6 +1395,185 @@ mod tests {
             found[1].0.parse::<i64>().unwrap() > 7,
             "ids are never reused"
         );
+    }
+
+    /// The claim, whose `LIMIT` is bound anew on every receive, is compiled once, not on
+    /// every step.
+    #[test]
+    fn a_bound_limit_does_not_recompile_the_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("q.db")).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        add_pack_columns(&conn).unwrap();
+        hold_query_plans(&conn).unwrap();
+        let mut claim = conn
+            .prepare(
+                "UPDATE entries SET visible_at = ?1 WHERE id IN (SELECT id FROM entries
+                 WHERE queue = ?2 AND visible_at <= ?3 ORDER BY visible_at, id LIMIT ?4)",
+            )
+            .unwrap();
+        for limit in 1..=5 {
+            claim.execute(params![1, "q", 0, limit]).unwrap();
+        }
+        assert_eq!(
+            claim.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "recompiled"
+        );
+    }
+
+    fn rows(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn numbered(n: usize) -> Vec<Message> {
+        (0..n)
+            .map(|i| Message::new(format!("body {i}")).with_attribute("n", i.to_string()))
+            .collect()
+    }
+
+    fn numbers(got: &[Received]) -> Vec<usize> {
+        got.iter()
+            .map(|m| m.attributes["n"].parse().unwrap())
+            .collect()
+    }
+
+    /// A send of 25 messages is three rows, yet each message is acknowledged, handed back and
+    /// timed out on its own, and the depth counts messages, not rows.
+    #[tokio::test]
+    async fn a_send_of_many_is_packed_yet_each_message_stands_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let db = EmbeddedDb::open(&path, EmbeddedSync::Normal).unwrap();
+        let queue = db.queue("q");
+        queue.send(numbered(25)).await.unwrap();
+        assert_eq!(rows(&path), 3, "ten, ten and five to a row");
+
+        let short = ReceiveOptions {
+            visibility: Duration::from_secs(1),
+            ..options(10)
+        };
+        let first = queue.receive(short).await.unwrap();
+        assert_eq!(numbers(&first), (0..10).collect::<Vec<_>>());
+        for (m, i) in first.iter().zip(0..) {
+            assert_eq!(m.body, Bytes::from(format!("body {i}")));
+        }
+        let ids: std::collections::HashSet<_> = first.iter().map(|m| &m.message_id).collect();
+        assert_eq!(ids.len(), 10, "each message its own id");
+
+        let done: Vec<Receipt> = first[..5].iter().map(|m| m.receipt.clone()).collect();
+        queue.ack(&done).await.unwrap();
+        let depth = queue.depth().await.unwrap();
+        assert_eq!((depth.visible, depth.in_flight), (15, 5));
+
+        // Handed back alone: it comes back, the other four stay with their receiver.
+        queue.nack(&first[5].receipt, Duration::ZERO).await.unwrap();
+        let rest = receive_all(&queue).await;
+        let mut got = numbers(&rest);
+        got.sort_unstable();
+        assert_eq!(got, [5].into_iter().chain(10..25).collect::<Vec<_>>());
+        assert!(
+            rest.iter()
+                .all(|m| m.receive_count == 1 || m.attributes["n"] == "5")
+        );
+        let receipts: Vec<Receipt> = rest.iter().map(|m| m.receipt.clone()).collect();
+        queue.ack(&receipts).await.unwrap();
+        // An ack with a receipt already used changes nothing.
+        queue.ack(&done).await.unwrap();
+
+        // The four never acknowledged come back once their visibility runs out.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let again = receive_all(&queue).await;
+        assert_eq!(numbers(&again), vec![6, 7, 8, 9]);
+        assert!(again.iter().all(|m| m.receive_count == 2));
+        assert!(queue.ack(&[first[6].receipt.clone()]).await.is_ok());
+        let receipts: Vec<Receipt> = again.iter().map(|m| m.receipt.clone()).collect();
+        queue.ack(&receipts).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), Depth::default());
+        assert_eq!(rows(&path), 0, "the last ack of a row takes the row");
+    }
+
+    /// A receiver that takes fewer messages than a row holds gets them all, a few at a time,
+    /// each once.
+    #[tokio::test]
+    async fn a_receive_smaller_than_a_row_takes_it_a_part_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(&dir.path().join("q.db"), EmbeddedSync::Normal).unwrap();
+        let queue = db.queue("q");
+        queue.send(numbered(10)).await.unwrap();
+        let mut sizes = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            let some = queue.receive(options(3)).await.unwrap();
+            if some.is_empty() {
+                break;
+            }
+            sizes.push(some.len());
+            got.extend(some);
+        }
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        let mut all = numbers(&got);
+        all.sort_unstable();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        let receipts: Vec<Receipt> = got.iter().map(|m| m.receipt.clone()).collect();
+        queue.ack(&receipts).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), Depth::default());
+    }
+
+    /// A row received too often goes to the dead letters with the messages it still holds,
+    /// bodies and attributes intact; the ones acknowledged stay done.
+    #[tokio::test]
+    async fn a_row_past_its_receives_takes_only_what_is_left_to_the_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(&dir.path().join("q.db"), EmbeddedSync::Normal).unwrap();
+        let queue = db.queue_with_dead_letter("q", 1, "q-dlq");
+        queue.send(numbered(10)).await.unwrap();
+        let short = ReceiveOptions {
+            visibility: Duration::from_millis(300),
+            ..options(10)
+        };
+        let got = queue.receive(short).await.unwrap();
+        let done: Vec<Receipt> = got[..4].iter().map(|m| m.receipt.clone()).collect();
+        queue.ack(&done).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(queue.receive(options(10)).await.unwrap().is_empty());
+        let dead = receive_all(&queue.dead_letter().unwrap()).await;
+        assert_eq!(numbers(&dead), (4..10).collect::<Vec<_>>());
+        assert_eq!(dead[0].body, Bytes::from("body 4"));
+    }
+
+    /// A database whose rows predate packing (one message a row, no part columns) opens, keeps
+    /// its messages, and takes packed sends beside them.
+    #[tokio::test]
+    async fn a_database_from_before_packing_keeps_its_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        {
+            let db = EmbeddedDb::open(&path, EmbeddedSync::Normal).unwrap();
+            db.queue("q")
+                .send(vec![Message::new("old").with_attribute("n", "0")])
+                .await
+                .unwrap();
+        }
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "ALTER TABLE entries DROP COLUMN parts; ALTER TABLE entries DROP COLUMN acked;
+                 ALTER TABLE entries DROP COLUMN done;",
+            )
+            .unwrap();
+        let db = EmbeddedDb::open(&path, EmbeddedSync::Normal).unwrap();
+        let queue = db.queue("q");
+        queue.send(numbered(3)).await.unwrap();
+        let got = receive_all(&queue).await;
+        assert_eq!(got[0].body, Bytes::from("old"));
+        assert_eq!(numbers(&got), vec![0, 0, 1, 2]);
+        let receipts: Vec<Receipt> = got.iter().map(|m| m.receipt.clone()).collect();
+        queue.ack(&receipts).await.unwrap();
+        assert_eq!(rows(&path), 0);
     }
 
     /// Under a size cap, a queue that filled and drained takes sends again: acknowledgements
