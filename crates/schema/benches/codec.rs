@@ -50,6 +50,10 @@ fn main() {
         let decode = measure(&requests, |r| {
             black_box(decode_batches(r).unwrap());
         });
+        // What ingest does with an Events API body: one pass, attribute maps skimmed.
+        let skim = measure(&requests, |r| {
+            black_box(mpconnect_schema::skim_batches(r).unwrap());
+        });
         let decoded: Vec<_> = requests
             .iter()
             .map(|r| decode_batches(r).unwrap())
@@ -74,6 +78,7 @@ fn main() {
         };
         row("floor: serde_json::Value parse+ser", floor);
         row("mpconnect decode (validated)", decode);
+        row("ingest's read (skim_batches)", skim);
         row("mpconnect encode", encode);
         row("mpconnect decode+encode", both);
         println!(

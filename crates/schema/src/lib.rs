@@ -44,7 +44,7 @@ pub enum DecodeError {
 /// Reads one batch object without validating it (both dialects; unknown fields kept).
 pub fn parse_batch(json: &[u8]) -> Result<v1::Batch, serde_json::Error> {
     let mut d = serde_json::Deserializer::from_slice(json);
-    let batch = json::BatchSeed.deserialize(&mut d)?;
+    let batch = json::BatchSeed(None).deserialize(&mut d)?;
     d.end()?;
     Ok(batch)
 }
@@ -94,24 +94,25 @@ pub fn skim_batches(json: &[u8]) -> Option<Vec<ReadBatch<'_>>> {
 }
 
 fn read_batches_with(json: &[u8], skim_attributes: bool) -> Option<Vec<ReadBatch<'_>>> {
-    struct Read(v1::Batch);
-    impl<'de> serde::Deserialize<'de> for Read {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            json::BatchSeed.deserialize(d).map(Read)
-        }
-    }
+    // Checked as UTF-8 once, the body is read as text: no string in it is checked again on
+    // its own (thousands of short checks cost more than one long one). A body that is not
+    // UTF-8 is read as bytes, which finds and reports the bad string.
+    let text = std::str::from_utf8(json).ok();
     // One value from `at`: the batch, and where its text ends.
     let read_at = |at: usize| {
-        let mut values = serde_json::Deserializer::from_slice(json.get(at..)?).into_iter::<Read>();
-        let (read, normalised) = json::noting_normalisation(|| {
-            if skim_attributes {
-                json::skimming_attributes(|| values.next())
-            } else {
-                values.next()
-            }
-        });
-        let Read(batch) = read?.ok()?;
-        let end = at + values.byte_offset();
+        let (batch, normalised, len) = match text {
+            Some(text) => read_one(
+                serde_json::Deserializer::from_str(text.get(at..)?),
+                json,
+                skim_attributes,
+            )?,
+            None => read_one(
+                serde_json::Deserializer::from_slice(json.get(at..)?),
+                json,
+                skim_attributes,
+            )?,
+        };
+        let end = at + len;
         Some((
             ReadBatch {
                 json: json.get(at..end)?,
@@ -164,6 +165,28 @@ fn read_batches_with(json: &[u8], skim_attributes: bool) -> Option<Vec<ReadBatch
         _ => return None,
     }
     (skip_space(at) == json.len()).then_some(batches)
+}
+
+/// Reads one batch from `d`, whose input is `body` from some offset on: the batch, whether
+/// reading it changed a value's form, and the length of its text. Events' types are looked
+/// ahead for in `body`; a wrong guess fails the read (the caller reads again without).
+fn read_one<'de, R: serde_json::de::Read<'de>>(
+    mut d: serde_json::Deserializer<R>,
+    body: &[u8],
+    skim_attributes: bool,
+) -> Option<(v1::Batch, bool, usize)> {
+    let (read, normalised) = json::noting_normalisation(|| {
+        let mut read = || json::BatchSeed(Some(body)).deserialize(&mut d);
+        if skim_attributes {
+            json::skimming_attributes(read)
+        } else {
+            read()
+        }
+    });
+    let batch = read.ok()?;
+    // A stream started here begins where the batch ended.
+    let len = d.into_iter::<serde::de::IgnoredAny>().byte_offset();
+    Some((batch, normalised, len))
 }
 
 /// Room for this many events is made before a batch's events are read from JSON, whose length
@@ -394,6 +417,12 @@ pub mod testing {
     pub fn check_skim_agrees(bytes: &[u8]) {
         let (full, skimmed) = (read_batches(bytes), skim_batches(bytes));
         assert_eq!(full.is_some(), skimmed.is_some(), "the same bodies read");
+        // Read in one pass (events' types looked ahead for), each batch is what it is read
+        // alone, the plain way.
+        for f in full.iter().flatten() {
+            let alone = parse_batch_as_sent(f.json).expect("a batch read in the body reads alone");
+            assert_eq!((&f.batch, f.as_sent), (&alone.0, alone.1), "read alone");
+        }
         for (f, s) in full.iter().flatten().zip(skimmed.iter().flatten()) {
             assert_eq!((f.json, f.as_sent), (s.json, s.as_sent));
             assert_eq!(validate(&f.batch), validate(&s.batch));

@@ -103,3 +103,52 @@ fn repeated_keys_resolve_to_the_last_one() {
     assert!(batch.extra.is_empty(), "{:?}", batch.extra);
     assert!(batch.has_valid_environment());
 }
+
+/// An event whose `data` comes before its `event_type` has its type looked ahead for in the
+/// body; wherever the text found is not the event's own type, the one-pass read must still
+/// agree with reading each batch alone (`check_round_trip` checks it), and the shapes real
+/// senders write (the official sample, the benchmark's bodies) read in one pass.
+#[test]
+fn an_event_type_looked_ahead_for_is_checked_against_the_one_read() {
+    let tricky = [
+        // An attribute named event_type inside data, before the event's own.
+        r#"[{"events":[{"data":{"custom_attributes":{"event_type":"screen_view"},"event_name":"a","custom_event_type":"other"},"event_type":"custom_event"}]}]"#,
+        // No event_type in the first event; the next event's is the first one found.
+        r#"[{"events":[{"data":{"event_name":"a"}},{"data":{"screen_name":"s"},"event_type":"screen_view"}]}]"#,
+        // data twice.
+        r#"[{"events":[{"data":{"event_name":"a","custom_event_type":"other"},"event_type":"custom_event","data":{"event_name":"b"}}]}]"#,
+        // event_type twice, the second another type.
+        r#"[{"events":[{"data":{"event_name":"a","screen_name":"s"},"event_type":"custom_event","event_type":"screen_view"}]}]"#,
+        // The type escaped, unknown, or not a string.
+        r#"[{"events":[{"data":{"event_name":"a"},"event_type":"custom\u005fevent"}]}]"#,
+        r#"[{"events":[{"data":{"event_name":"a"},"event_type":"custom_event_2"}]}]"#,
+        r#"[{"events":[{"data":{"event_name":"a"},"event_type":7}]}]"#,
+        // A field of the guessed type that the real type does not have.
+        r#"[{"events":[{"data":{"screen_name":"s","custom_attributes":{"x":"\"event_type\":\"screen_view\""}},"event_type":"custom_event"}]}]"#,
+    ];
+    for body in tricky {
+        check_round_trip(body.as_bytes());
+    }
+    let first = mpconnect_schema::parse_batches(tricky[0].as_bytes()).unwrap();
+    let event = &first[0].events[0];
+    assert_eq!(
+        event
+            .kind
+            .as_ref()
+            .map(mpconnect_schema::json::event_type_name),
+        Some("custom_event")
+    );
+
+    let sample = read(reference("mparticle.inbound.eventsapi.sample.json"));
+    for body in [
+        sample,
+        mpconnect_schema::testing::bulk_request(1, false),
+        mpconnect_schema::testing::bulk_request(2, true),
+    ] {
+        assert!(
+            mpconnect_schema::read_batches(&body).is_some(),
+            "a well-formed body reads in one pass"
+        );
+        check_round_trip(&body);
+    }
+}

@@ -1,6 +1,7 @@
 //! The batch and event objects, whose shape is not a plain field table: `event_type` picks the
 //! `data` message, `environment` is an enum, and `user_identities` differs between dialects.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -235,16 +236,49 @@ impl<'de> Visitor<'de> for IdentitiesVisitor {
 // ---------------------------------------------------------------------------------------------
 // Events.
 
-struct EventSeed;
-impl<'de> DeserializeSeed<'de> for EventSeed {
+/// An event, with the whole body it is read from when its type may be looked ahead for.
+struct EventSeed<'i>(Option<&'i [u8]>);
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
     type Value = Event;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
-        d.deserialize_map(EventVisitor)
+        d.deserialize_map(EventVisitor(self.0))
     }
 }
 
-struct EventVisitor;
-impl<'de> Visitor<'de> for EventVisitor {
+/// Why a read whose look-ahead guessed an event's type wrong gives up: the caller reads the
+/// batches again without looking ahead.
+const MISGUESSED: &str = "an event's type was looked ahead for and guessed wrong";
+
+/// How far past an event's `data` key its `event_type` is looked for: a typical event is about
+/// a kilobyte; past this, `data` is kept and decoded once the type is known.
+const LOOK_AHEAD: usize = 16 * 1024;
+
+/// The type an event whose `data` comes before its `event_type` will turn out to have: the
+/// first `"event_type": "<name>"` after the `data` key (`key`, borrowed from `input`). Only a
+/// guess: the text found may be inside `data`, or in a later event; the caller checks it
+/// against the type it then reads.
+fn guess_kind(input: &[u8], key: &str) -> Option<event::Kind> {
+    let start = (key.as_ptr() as usize).checked_sub(input.as_ptr() as usize)?;
+    let rest = input.get(start..)?;
+    let rest = &rest[..rest.len().min(LOOK_AHEAD)];
+    const TYPE_KEY: &[u8] = b"\"event_type\"";
+    let at = memchr::memmem::find(rest, TYPE_KEY)? + TYPE_KEY.len();
+    let mut rest = rest.get(at..)?;
+    let skip_space = |r: &mut &[u8]| {
+        while let [b' ' | b'\t' | b'\n' | b'\r', tail @ ..] = *r {
+            *r = tail;
+        }
+    };
+    skip_space(&mut rest);
+    rest = rest.strip_prefix(b":")?;
+    skip_space(&mut rest);
+    rest = rest.strip_prefix(b"\"")?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    kind_for(std::str::from_utf8(&rest[..end]).ok()?)
+}
+
+struct EventVisitor<'i>(Option<&'i [u8]>);
+impl<'de> Visitor<'de> for EventVisitor<'_> {
     type Value = Event;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an event object")
@@ -254,18 +288,37 @@ impl<'de> Visitor<'de> for EventVisitor {
         let mut extra = Extra::new();
         let mut data_extra = Extra::new();
         // `data` often comes before `event_type` (the Python SDK and mParticle's own sample
-        // write it first): keep its bytes and decode once the type is known.
+        // write it first). When the body is at hand, the type is looked ahead for and `data`
+        // decoded at once; a wrong guess gives up the whole read (the caller reads again
+        // without looking ahead). Otherwise `data`'s bytes are kept and decoded once the type
+        // is known, which scans them twice.
         let mut pending_data: Option<&'de RawValue> = None;
         let mut type_seen = false;
+        let mut guessed = false;
         while let Some(key) = map.next_key::<Key>()? {
             match &*key.0 {
                 "event_type" => {
                     type_seen = true;
                     let value = map.next_value_seed(ScalarSeed)?;
-                    event.kind = match &value {
+                    let kind = match &value {
                         Scalar::Str(name) => kind_for(name),
                         _ => None,
                     };
+                    if guessed {
+                        // `data` was decoded as the guessed type: only that type will do.
+                        let same = match (&kind, &event.kind) {
+                            (Some(read), Some(guess)) => {
+                                std::mem::discriminant(read) == std::mem::discriminant(guess)
+                            }
+                            _ => false,
+                        };
+                        if !same {
+                            return Err(de::Error::custom(MISGUESSED));
+                        }
+                        extra.remove("event_type");
+                        continue;
+                    }
+                    event.kind = kind;
                     if event.kind.is_none() {
                         // Missing or unknown: validation reports it with the value sent.
                         extra.insert("event_type".to_owned(), value.into_raw());
@@ -273,17 +326,39 @@ impl<'de> Visitor<'de> for EventVisitor {
                         extra.remove("event_type");
                     }
                 }
+                // A second `data` after a guessed one: the guess cannot be undone.
+                "data" if guessed => return Err(de::Error::custom(MISGUESSED)),
                 "data" if type_seen => {
                     map.next_value_seed(DataSeed {
                         event: &mut event,
                         extra: &mut data_extra,
                     })?;
                 }
-                "data" => pending_data = Some(map.next_value()?),
+                "data" => {
+                    let guess = match (self.0, &key.0) {
+                        (Some(input), Cow::Borrowed(key)) if pending_data.is_none() => {
+                            guess_kind(input, key)
+                        }
+                        _ => None,
+                    };
+                    if guess.is_some() {
+                        event.kind = guess;
+                        guessed = true;
+                        map.next_value_seed(DataSeed {
+                            event: &mut event,
+                            extra: &mut data_extra,
+                        })?;
+                    } else {
+                        pending_data = Some(map.next_value()?);
+                    }
+                }
                 _ => {
                     extra.insert(key.0.into_owned(), next_raw(&mut map)?);
                 }
             }
+        }
+        if guessed && !type_seen {
+            return Err(de::Error::custom(MISGUESSED));
         }
         if let Some(raw) = pending_data {
             let mut d = serde_json::Deserializer::from_str(raw.get());
@@ -359,8 +434,8 @@ fn write_event(event: &Event, w: &mut Writer, dialect: Dialect) {
     w.end_object();
 }
 
-struct EventsVisitor;
-impl<'de> Visitor<'de> for EventsVisitor {
+struct EventsVisitor<'i>(Option<&'i [u8]>);
+impl<'de> Visitor<'de> for EventsVisitor<'_> {
     type Value = Fit<Vec<Event>>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an array of events")
@@ -369,7 +444,7 @@ impl<'de> Visitor<'de> for EventsVisitor {
         // An `Event` is ~1.5 KB: growing the list a doubling at a time copied ~22 KB for a
         // batch of ten.
         let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(crate::EVENTS_GUESS));
-        while let Some(event) = seq.next_element_seed(EventSeed)? {
+        while let Some(event) = seq.next_element_seed(EventSeed(self.0))? {
             events.push(event);
         }
         Ok(Ok(events))
@@ -399,16 +474,18 @@ pub fn environment_name(environment: Environment) -> Option<&'static str> {
     }
 }
 
-pub struct BatchSeed;
-impl<'de> DeserializeSeed<'de> for BatchSeed {
+/// A batch; with the whole body it is read from, its events' types are looked ahead for
+/// (see `EventVisitor`).
+pub struct BatchSeed<'i>(pub Option<&'i [u8]>);
+impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
     type Value = Batch;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Batch, D::Error> {
-        d.deserialize_map(BatchVisitor)
+        d.deserialize_map(BatchVisitor(self.0))
     }
 }
 
-struct BatchVisitor;
-impl<'de> Visitor<'de> for BatchVisitor {
+struct BatchVisitor<'i>(Option<&'i [u8]>);
+impl<'de> Visitor<'de> for BatchVisitor<'_> {
     type Value = Batch;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a batch object")
@@ -419,7 +496,7 @@ impl<'de> Visitor<'de> for BatchVisitor {
         while let Some(key) = map.next_key::<Key>()? {
             match &*key.0 {
                 // A repeated key: the last one wins, in the field or in `extra`.
-                "events" => match map.next_value_seed(EventsSeed)? {
+                "events" => match map.next_value_seed(EventsSeed(self.0))? {
                     Ok(events) => {
                         batch.events = events;
                         extra.remove("events");
@@ -468,11 +545,11 @@ impl<'de> Visitor<'de> for BatchVisitor {
     }
 }
 
-struct EventsSeed;
-impl<'de> DeserializeSeed<'de> for EventsSeed {
+struct EventsSeed<'i>(Option<&'i [u8]>);
+impl<'de> DeserializeSeed<'de> for EventsSeed<'_> {
     type Value = Fit<Vec<Event>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(EventsVisitor)
+        d.deserialize_any(EventsVisitor(self.0))
     }
 }
 
@@ -515,12 +592,12 @@ impl<'de> Visitor<'de> for BatchesVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Batch>, A::Error> {
         let mut batches = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(batch) = seq.next_element_seed(BatchSeed)? {
+        while let Some(batch) = seq.next_element_seed(BatchSeed(None))? {
             batches.push(batch);
         }
         Ok(batches)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Vec<Batch>, A::Error> {
-        BatchVisitor.visit_map(map).map(|batch| vec![batch])
+        BatchVisitor(None).visit_map(map).map(|batch| vec![batch])
     }
 }
