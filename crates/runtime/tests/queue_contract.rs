@@ -320,10 +320,23 @@ macro_rules! contract {
             case!(batch_sends_of_1_10_and_25);
             case!(claim_check_round_trip_of_1_mib);
             case!(a_stale_ack_keeps_the_claim_checked_body);
-            case!(concurrent_consumers_never_share_an_in_flight_message);
         }
     };
 }
 
 contract!(embedded);
 contract!(sqs);
+
+/// Run on the embedded queue only. moto's `ReceiveMessage` (5.2.5, `sqs/models.py`) walks
+/// the visible messages and marks them received without a lock, so two concurrent receives
+/// can both take one message (about one run in five here); and real SQS standard queues
+/// promise at-least-once, not this. The stages hold without it (dedupe, acks by receipt).
+mod embedded_exclusive {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_consumers_never_share_an_in_flight_message() {
+        super::concurrent_consumers_never_share_an_in_flight_message(
+            crate::common::embedded().await,
+        )
+        .await
+    }
+}
