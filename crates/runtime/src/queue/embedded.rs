@@ -767,6 +767,26 @@ fn split_off(
     mark_done(w, id, moved)
 }
 
+/// The parts of row `id` and when it becomes visible, if its receive count is still `count`
+/// (the receipt is of its latest receive).
+fn received_row(w: &Writer, id: i64, count: i64) -> Result<Option<(Parts, i64)>, QueueError> {
+    w.conn
+        .prepare_cached(
+            "SELECT parts, acked, visible_at FROM entries WHERE id = ?1 AND receive_count = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![id, count], |r| {
+                let parts = Parts {
+                    parts: r.get(0)?,
+                    acked: r.get(1)?,
+                };
+                Ok((parts, r.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(db_error)
+}
+
 /// Marks the parts in `parts` of row `id` done.
 fn mark_done(w: &mut Writer, id: i64, parts: i64) -> Result<(), QueueError> {
     w.conn
@@ -934,17 +954,18 @@ impl Queue for EmbeddedQueue {
                         _ => rows.push(i..i + 1),
                     }
                 }
-                let headers: Vec<Vec<u8>> = rows
+                // A packed row's record starts with its header; a row of one has none.
+                let headers: Vec<Option<Vec<u8>>> = rows
                     .iter()
-                    .filter(|row| row.len() > 1)
-                    .map(|row| pack_header(&messages[row.clone()], &attributes[row.clone()]))
+                    .map(|row| {
+                        (row.len() > 1)
+                            .then(|| pack_header(&messages[row.clone()], &attributes[row.clone()]))
+                    })
                     .collect();
                 let mut records: Vec<(&[u8], &[u8])> =
-                    Vec::with_capacity(messages.len() + headers.len());
-                let mut packed = headers.iter();
-                for row in &rows {
-                    if row.len() > 1 {
-                        let header = packed.next().map_or(&[][..], |h| &h[..]);
+                    Vec::with_capacity(messages.len() + rows.len());
+                for (row, header) in rows.iter().zip(&headers) {
+                    if let Some(header) = header {
                         records.push((header, &[]));
                     }
                     for i in row.clone() {
@@ -1052,22 +1073,9 @@ impl Queue for EmbeddedQueue {
                     }
                 }
                 for ((id, count), acked) in packed {
-                    let found: Option<Parts> = w
-                        .conn
-                        .prepare_cached(
-                            "SELECT parts, acked FROM entries WHERE id = ?1 AND receive_count = ?2",
-                        )
-                        .and_then(|mut s| {
-                            s.query_row(params![id, count], |r| {
-                                Ok(Parts {
-                                    parts: r.get(0)?,
-                                    acked: r.get(1)?,
-                                })
-                            })
-                            .optional()
-                        })
-                        .map_err(db_error)?;
-                    let Some(row) = found else { continue };
+                    let Some((row, _)) = received_row(w, id, count)? else {
+                        continue;
+                    };
                     let all = all_parts(row.parts);
                     if (row.acked | acked) & all == all {
                         // The row's last message takes the row with it.
@@ -1138,23 +1146,11 @@ impl EmbeddedQueue {
                 let now = now_ms();
                 let visible_at = now + millis(from_now);
                 if let Some(part) = part {
-                    let found: Option<Parts> = w
-                        .conn
-                        .prepare_cached(
-                            "SELECT parts, acked FROM entries
-                             WHERE id = ?1 AND receive_count = ?2 AND visible_at > ?3",
-                        )
-                        .and_then(|mut s| {
-                            s.query_row(params![id, count, now], |r| {
-                                Ok(Parts {
-                                    parts: r.get(0)?,
-                                    acked: r.get(1)?,
-                                })
-                            })
-                            .optional()
-                        })
-                        .map_err(db_error)?;
-                    let Some(row) = found else { return Ok(0) };
+                    let Some((row, _)) =
+                        received_row(w, id, count)?.filter(|&(_, until)| until > now)
+                    else {
+                        return Ok(0);
+                    };
                     let bit = 1 << part;
                     if part >= row.parts || row.acked & bit != 0 {
                         return Ok(0);
