@@ -168,15 +168,16 @@ fn decode_batch_proto_reads_what_prost_reads() {
     assert!(schema::decode_batch_proto(&[0xff; 3]).is_err());
 }
 
-/// A skimmed read (attribute maps checked, not built) gives what a full read gives wherever
-/// it matters: each batch's text, whether it is as sent, its validation and its pass-through
-/// form; a batch that cannot pass through comes back read in full.
+/// A skimmed read (only what validation, the ids and the pass-through check read is built) gives
+/// what a full read gives wherever it matters: each batch's text, whether it is as sent, its
+/// validation and its pass-through form; a batch that cannot pass through comes back read in
+/// full.
 #[test]
 fn a_skimmed_read_agrees_with_a_full_read() {
     let attributed = r#"{"environment":"production","source_request_id":"r-9",
-      "user_attributes":{"tier":"gold","tags":["a","b"]},
+      "user_attributes":{"tier":"gold","tags":["a","b"]},"device_info":{"platform":"iOS"},
       "events":[{"event_type":"custom_event","data":{"event_name":"a","custom_event_type":"other",
-        "source_message_id":"m-9","custom_attributes":{"n":1.5,"s":"x\u00e9","o":{"k":[1,null]}},
+        "source_message_id":"m-9","session_id":5,"custom_attributes":{"n":1.5,"s":"x\u00e9","o":{"k":[1,null]}},
         "custom_flags":{"f":"v"}}},
         {"event_type":"commerce_event","data":{"product_action":{"action":"purchase",
           "products":[{"id":"p","custom_attributes":{"a":"b"}}]}}}]}"#;
@@ -188,10 +189,24 @@ fn a_skimmed_read_agrees_with_a_full_read() {
         "custom_attributes":{"k":"v"}}}]}"#;
     let invalid = r#"{"environment":"staging","events":[{"event_type":"custom_event",
         "data":{"custom_attributes":{"k":"v"}}}]}"#;
-    let body = format!("[{SENT},{attributed},{changed},{outbound},{invalid}]");
+    // A string of digits deep in a member the skim leaves out still changes the batch's form.
+    let changed_deep = r#"{"environment":"production","events":[{"event_type":"breadcrumb",
+      "data":{"label":"l","device_current_state":{"time_since_start_ms":"123"}}}]}"#;
+    // Each event type's required members are kept for validation, whatever their form.
+    let required = r#"{"environment":"production","events":[
+      {"event_type":"breadcrumb","data":{"label":""}},
+      {"event_type":"push_registration","data":{"register":null,"registration_token":7}},
+      {"event_type":"application_state_transition","data":{}},
+      {"event_type":"push_message","data":{"push_message_type":"received"}},
+      {"event_type":"commerce_event","data":{"promotion_action":{"promotions":[]}}},
+      {"event_type":"screen_view","data":{"screen_name":"s"}},
+      {"event_type":"nope","data":{"event_name":"x"}}]}"#;
+    let body = format!(
+        "[{SENT},{attributed},{changed},{outbound},{invalid},{changed_deep},{required}]"
+    );
     let full = schema::read_batches(body.as_bytes()).unwrap();
     let skimmed = schema::skim_batches(body.as_bytes()).unwrap();
-    assert_eq!(skimmed.len(), 5);
+    assert_eq!(skimmed.len(), 7);
     for (s, f) in skimmed.iter().zip(&full) {
         assert_eq!(s.json, f.json);
         assert_eq!(s.as_sent, f.as_sent);
@@ -212,6 +227,17 @@ fn a_skimmed_read_agrees_with_a_full_read() {
     }
     assert!(!skimmed[2].as_sent);
     assert!(schema::validate(&skimmed[4].batch).is_err());
+    assert!(!skimmed[5].as_sent);
+    let errors = schema::validate(&skimmed[6].batch).unwrap_err();
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    // Skimmed: what nothing reads again is not built.
+    let sent = (&full[1].batch, &skimmed[1].batch);
+    assert!(sent.0.device_info.is_some() && sent.1.device_info.is_none());
+    assert!(sent.0.events[0].session_id.is_some() && sent.1.events[0].session_id.is_none());
+    assert_eq!(
+        sent.0.events[0].source_message_id,
+        sent.1.events[0].source_message_id
+    );
     // Skimmed: the maps are not built; the bytes that travel carry them.
     let attributes = |b: &Batch| {
         b.user_attributes.as_ref().map_or(0, |a| a.values.len())
@@ -224,8 +250,9 @@ fn a_skimmed_read_agrees_with_a_full_read() {
     assert_eq!(attributes(&full[1].batch), 5);
 }
 
-/// What a full read refuses inside an attribute map, a skimmed read refuses too: a number out
-/// of range, a key with a lone surrogate, bytes that are not UTF-8.
+/// What a full read refuses inside an attribute map or any member a skimmed read leaves out, a
+/// skimmed read refuses too: a number out of range, a key with a lone surrogate, bytes that are
+/// not UTF-8, an element of a kind's list that is not what the kind takes.
 #[test]
 fn a_skimmed_read_refuses_what_a_full_read_refuses() {
     let with = |attributes: &[u8]| {
@@ -246,6 +273,48 @@ fn a_skimmed_read_refuses_what_a_full_read_refuses() {
         assert!(schema::skim_batches(&body).is_none(), "{bad:?}");
     }
     let good = with(br#"{"n":1e300,"s":"\u00e9\ud83d\ude00","l":[{"x":null}]}"#);
+    assert!(schema::read_batches(&good).is_some());
+    assert!(schema::skim_batches(&good).is_some());
+
+    // The same in members a skimmed read leaves out, and what their kinds refuse: a list of
+    // strings with a number, a product list with a non-object, a consent that is not an object.
+    let batch_with = |member: &[u8]| {
+        let mut body = br#"[{"environment":"production","events":[{"event_type":"commerce_event","data":{"product_action":{"action":"view"}}}],"#.to_vec();
+        body.extend_from_slice(member);
+        body.extend_from_slice(b"}]");
+        body
+    };
+    for bad in [
+        &br#""device_info":{"brand":1e400}"#[..],
+        br#""device_info":{"platform":"\ud800"}"#,
+        b"\"application_info\":{\"os\":\"\xff\"}",
+        br#""deleted_user_attributes":["a",1]"#,
+        br#""consent_state":{"gdpr":{"p":1}}"#,
+        br#""context":{"location":{"city_name":[1,}}"#,
+    ] {
+        let body = batch_with(bad);
+        assert!(schema::read_batches(&body).is_none(), "{bad:?}");
+        assert!(schema::skim_batches(&body).is_none(), "{bad:?}");
+    }
+    let event_with = |data: &[u8]| {
+        let mut body = br#"[{"environment":"production","events":[{"event_type":"commerce_event","data":{"#.to_vec();
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"}}]}]");
+        body
+    };
+    for bad in [
+        &br#""shopping_cart":{"products":[1]}"#[..],
+        br#""product_impressions":[{"products":["p"]}]"#,
+        br#""product_action":{"action":"add_to_cart","products":[null]}"#,
+        br#""location":{"latitude":1e999}"#,
+    ] {
+        let body = event_with(bad);
+        assert!(schema::read_batches(&body).is_none(), "{bad:?}");
+        assert!(schema::skim_batches(&body).is_none(), "{bad:?}");
+    }
+    let good = batch_with(
+        br#""device_info":{"brand":1e300,"platform":["x"]},"deleted_user_attributes":"a""#,
+    );
     assert!(schema::read_batches(&good).is_some());
     assert!(schema::skim_batches(&good).is_some());
 }

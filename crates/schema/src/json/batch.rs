@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::read::{
     Extra, Fields, Fit, Key, Kind, KindSeed, Msg, Scalar, ScalarSeed, capture_map, capture_seq,
-    next_raw, raw_scalars, write_extra, write_message,
+    next_unmodelled, raw_scalars, write_extra, write_message,
 };
 use super::write::Writer;
 use crate::Dialect;
@@ -352,9 +352,7 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
                         pending_data = Some(map.next_value()?);
                     }
                 }
-                _ => {
-                    extra.insert(key.0.into_owned(), next_raw(&mut map)?);
-                }
+                _ => next_unmodelled(&mut map, key, &mut extra)?,
             }
         }
         if guessed && !type_seen {
@@ -405,7 +403,7 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
             {
                 continue;
             }
-            extra.insert(key.0.into_owned(), next_raw(&mut map)?);
+            next_unmodelled(&mut map, key, extra)?;
         }
         event.kind = kind;
         Ok(())
@@ -535,7 +533,7 @@ impl<'de> Visitor<'de> for BatchVisitor<'_> {
                 },
                 name => {
                     if !batch.decode_field(name, &mut map, &mut extra)? {
-                        extra.insert(key.0.into_owned(), next_raw(&mut map)?);
+                        next_unmodelled(&mut map, key, &mut extra)?;
                     }
                 }
             }

@@ -21,22 +21,24 @@ thread_local! {
 }
 
 thread_local! {
-    /// Set while reading a batch whose attribute maps only need to be well-formed (ingest's
-    /// pass-through: the sender's bytes travel on, and no check reads those maps).
-    static SKIM_ATTRIBUTES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set while reading a batch that travels on as the sender's bytes (ingest's
+    /// pass-through): only what validation, routing and the pass-through check read is kept.
+    static SKIMMING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `read` with attribute maps (`Attrs`, `Nested`) checked for syntax and left empty:
-/// most of a typical event's bytes and allocations are its attributes.
-pub(crate) fn skimming_attributes<T>(read: impl FnOnce() -> T) -> T {
-    SKIM_ATTRIBUTES.with(|s| s.set(true));
+/// Runs `read` keeping only the members [`read::kept_when_skimming`] names (and `event_type`,
+/// `environment`, `user_identities`); every other member is checked as the full read checks it
+/// (refused where that refuses, noting a changed form where that does) and left out. Most of a
+/// typical event's bytes and allocations are members nothing reads again.
+pub(crate) fn skimming<T>(read: impl FnOnce() -> T) -> T {
+    SKIMMING.with(|s| s.set(true));
     let out = read();
-    SKIM_ATTRIBUTES.with(|s| s.set(false));
+    SKIMMING.with(|s| s.set(false));
     out
 }
 
-pub(crate) fn skims_attributes() -> bool {
-    SKIM_ATTRIBUTES.with(|s| s.get())
+pub(crate) fn skims() -> bool {
+    SKIMMING.with(|s| s.get())
 }
 
 pub(crate) fn note_normalised() {

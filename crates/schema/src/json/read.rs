@@ -48,6 +48,36 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
     }
 }
 
+/// The `visit_*` methods [`Skip`] and its variants share: every scalar but a string is taken
+/// as itself, and an array's elements are skipped as [`Skip`] does (as a raw capture reads
+/// them).
+macro_rules! skip_others {
+    () => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Skip)?.is_some() {}
+            Ok(())
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw capture: re-emit any JSON value as compact text (for `extra` and `Value.json`).
 
@@ -229,6 +259,75 @@ pub trait Kind {
     type Out;
     fn decode<'de, D: Deserializer<'de>>(d: D) -> Result<Fit<Self::Out>, D::Error>;
     fn encode(value: &Self::Out, w: &mut Writer, dialect: Dialect);
+    /// Reads a value and keeps nothing, refusing exactly what [`Kind::decode`] refuses and
+    /// noting a changed form where it does (see [`super::skimming`]). Decoding and dropping
+    /// does both by construction; the kinds most members have skip cheaper.
+    fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        Self::decode(d).map(drop)
+    }
+}
+
+/// Skips the next map value as kind `K` ([`Kind::skip`]).
+pub struct SkipSeed<K>(PhantomData<K>);
+
+impl<K> SkipSeed<K> {
+    pub fn new() -> Self {
+        SkipSeed(PhantomData)
+    }
+}
+
+impl<K> Default for SkipSeed<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'de, K: Kind> DeserializeSeed<'de> for SkipSeed<K> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        K::skip(d)
+    }
+}
+
+/// The members a skimmed read keeps (by JSON name, in whichever message they appear): what
+/// validation (an event type's required members, a commerce action's `action`, timestamps for
+/// the historical endpoint), the pass-through ids and the outbound-only check read.
+pub fn kept_when_skimming(key: &str) -> bool {
+    matches!(
+        key,
+        "source_request_id"
+            | "source_message_id"
+            | "timestamp_unixtime_ms"
+            | "message_id"
+            | "message_type"
+            | "unique_id"
+            | "system_notifications"
+            | "event_name"
+            | "custom_event_type"
+            | "product_action"
+            | "promotion_action"
+            | "action"
+            | "register"
+            | "registration_token"
+            | "application_transition_type"
+            | "push_message_type"
+            | "label"
+    )
+}
+
+/// The next value of a member the message does not model: kept as raw text in `extra`, or,
+/// when skimming, checked and left out.
+pub fn next_unmodelled<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    key: Key<'de>,
+    extra: &mut Extra,
+) -> Result<(), A::Error> {
+    if super::skims() {
+        map.next_value_seed(Skip)
+    } else {
+        extra.insert(key.0.into_owned(), next_raw(map)?);
+        Ok(())
+    }
 }
 
 /// Decodes the next map value as kind `K`.
@@ -266,6 +365,9 @@ impl Kind for Str {
     fn encode(value: &String, w: &mut Writer, _: Dialect) {
         w.string(value)
     }
+    fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        d.deserialize_any(Skip)
+    }
 }
 
 /// A signed 64-bit id or timestamp: a number inbound, a string of digits outbound. Both are read.
@@ -291,6 +393,25 @@ impl Kind for Long {
             Dialect::Outbound => w.i64_as_string(*value),
         }
     }
+    fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        d.deserialize_any(SkipLong)
+    }
+}
+
+/// [`Skip`] for a [`Long`]: a string of digits is read as the number, which changes its form.
+struct SkipLong;
+impl<'de> Visitor<'de> for SkipLong {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        if !v.starts_with('+') && v.parse::<i64>().is_ok() {
+            super::note_normalised();
+        }
+        Ok(())
+    }
+    skip_others!();
 }
 
 /// A small integer (sizes, counts): always a JSON number.
@@ -302,6 +423,9 @@ impl Kind for Int {
     }
     fn encode(value: &i64, w: &mut Writer, _: Dialect) {
         w.i64(*value)
+    }
+    fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        Long::skip(d)
     }
 }
 
@@ -320,6 +444,9 @@ impl Kind for Num {
     fn encode(value: &f64, w: &mut Writer, _: Dialect) {
         w.f64(*value)
     }
+    fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        d.deserialize_any(Skip)
+    }
 }
 
 pub struct Bool;
@@ -334,6 +461,9 @@ impl Kind for Bool {
     fn encode(value: &bool, w: &mut Writer, _: Dialect) {
         w.bool(*value)
     }
+    fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        d.deserialize_any(Skip)
+    }
 }
 
 /// Any JSON value, typed where it is a scalar or a list (attribute values keep their type).
@@ -345,6 +475,9 @@ impl Kind for Any {
     }
     fn encode(value: &Value, w: &mut Writer, _: Dialect) {
         write_value(value, w)
+    }
+    fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        d.deserialize_any(Skip)
     }
 }
 
@@ -461,14 +594,13 @@ pub struct Attrs;
 impl Kind for Attrs {
     type Out = Attributes;
     fn decode<'de, D: Deserializer<'de>>(d: D) -> Result<Fit<Attributes>, D::Error> {
-        if super::skims_attributes() {
-            d.deserialize_any(Skip)?;
-            return Ok(Ok(Attributes::default()));
-        }
         d.deserialize_any(AttrsVisitor)
     }
     fn encode(value: &Attributes, w: &mut Writer, _: Dialect) {
         write_attrs(&value.values, w)
+    }
+    fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        d.deserialize_any(Skip)
     }
 }
 
@@ -504,7 +636,7 @@ impl<'de> Visitor<'de> for AttrsVisitor {
 /// Reads any value and keeps nothing, refusing exactly what reading it into an attribute map
 /// refuses (keys as [`Key`]s, and every scalar read as itself: a number out of range, a string
 /// that is not UTF-8 or a lone surrogate), where `IgnoredAny` would pass some of those.
-struct Skip;
+pub struct Skip;
 impl<'de> DeserializeSeed<'de> for Skip {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -517,31 +649,10 @@ impl<'de> Visitor<'de> for Skip {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
     fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
         Ok(())
     }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Skip)?.is_some() {}
-        Ok(())
-    }
+    skip_others!();
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while map.next_key::<Key>()?.is_some() {
             map.next_value_seed(Skip)?;
@@ -549,6 +660,7 @@ impl<'de> Visitor<'de> for Skip {
         Ok(())
     }
 }
+
 
 /// An object of objects, each kept whole.
 pub struct Nested;
@@ -559,6 +671,9 @@ impl Kind for Nested {
     }
     fn encode(value: &NestedAttributes, w: &mut Writer, _: Dialect) {
         write_attrs(&value.values, w)
+    }
+    fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        Attrs::skip(d)
     }
 }
 
@@ -612,6 +727,9 @@ pub trait Fields: Default {
         map: &mut A,
         extra: &mut Extra,
     ) -> Result<bool, A::Error>;
+    /// Skips `key`'s value as its kind ([`Kind::skip`]) if it is a modelled field. Returns
+    /// false, with the value not consumed, for a key this message does not model.
+    fn skip_field<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<bool, A::Error>;
     /// Writes the fields that are set as `"key":value` members.
     fn encode_fields(&self, w: &mut Writer, dialect: Dialect);
 }
@@ -639,6 +757,30 @@ impl<T: Fields + HasExtra> Kind for Msg<T> {
     fn encode(value: &T, w: &mut Writer, dialect: Dialect) {
         write_message(value, w, dialect)
     }
+    fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        d.deserialize_any(SkipMessage::<T>(PhantomData))
+    }
+}
+
+/// [`Skip`] for a [`Msg`]: each member it models is skipped as its kind.
+struct SkipMessage<T>(PhantomData<T>);
+impl<'de, T: Fields> Visitor<'de> for SkipMessage<T> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    skip_others!();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Key>()? {
+            if !T::skip_field(&key.0, &mut map)? {
+                map.next_value_seed(Skip)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn write_message<T: Fields + HasExtra>(value: &T, w: &mut Writer, dialect: Dialect) {
@@ -659,7 +801,7 @@ impl<'de, T: Fields + HasExtra> Visitor<'de> for MessageVisitor<T> {
         let mut extra = Extra::new();
         while let Some(key) = map.next_key::<Key>()? {
             if !message.decode_field(&key.0, &mut map, &mut extra)? {
-                extra.insert(key.0.into_owned(), next_raw(&mut map)?);
+                next_unmodelled(&mut map, key, &mut extra)?;
             }
         }
         *message.extra_mut() = extra;
@@ -735,6 +877,9 @@ macro_rules! fields {
                 map: &mut A,
                 extra: &mut $crate::json::read::Extra,
             ) -> Result<bool, A::Error> {
+                if $crate::json::skims() && !$crate::json::read::kept_when_skimming(key) {
+                    return Self::skip_field(key, map);
+                }
                 match key {
                     $(stringify!($field) => {
                         // A repeated key: the last one wins, in the field or in `extra`.
@@ -751,6 +896,19 @@ macro_rules! fields {
                                 extra.insert(key.to_owned(), raw);
                             }
                         }
+                        Ok(true)
+                    })*
+                    _ => Ok(false),
+                }
+            }
+            #[allow(unused_variables)]
+            fn skip_field<'de, A: serde::de::MapAccess<'de>>(
+                key: &str,
+                map: &mut A,
+            ) -> Result<bool, A::Error> {
+                match key {
+                    $(stringify!($field) => {
+                        map.next_value_seed($crate::json::read::SkipSeed::<$kind>::new())?;
                         Ok(true)
                     })*
                     _ => Ok(false),
