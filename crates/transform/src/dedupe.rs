@@ -84,59 +84,73 @@ struct SortedKeys {
 }
 
 impl SortedKeys {
-    /// This run without the keys `keep` refuses, merged with `added` under `tag` (a key in
-    /// both keeps the new tag: that slice outlives the older one).
-    fn merged(self, mut added: Vec<Key>, tag: u8, keep: impl Fn(u8) -> bool) -> Self {
+    /// Leaves out the keys `keep` refuses and merges `added` in under `tag` (a key in both
+    /// keeps the new tag: that slice outlives the older one). In place, from the back: a new
+    /// run for every merge cost the kernel a fresh, zeroed page for every 4 KB of it, and held
+    /// two runs at once.
+    fn merge(&mut self, mut added: Vec<Key>, tag: u8, keep: impl Fn(u8) -> bool) {
         added.sort_unstable();
         added.dedup();
-        let total = self.keys.len() + added.len();
-        let mut keys = Vec::with_capacity(total);
-        let mut tags = Vec::with_capacity(total);
-        let mut old = self
-            .keys
-            .into_iter()
-            .zip(self.tags)
-            .filter(|&(_, t)| keep(t))
-            .peekable();
-        for key in added {
-            while let Some(&(k, t)) = old.peek() {
-                if k > key {
-                    break;
+        let mut live = 0;
+        for at in 0..self.keys.len() {
+            let (key, key_tag) = (self.keys[at], self.tags[at]);
+            if keep(key_tag) {
+                self.keys[live] = key;
+                self.tags[live] = key_tag;
+                live += 1;
+            }
+        }
+        let total = live + added.len();
+        self.keys.resize(total, Key([0, 0]));
+        self.tags.resize(total, 0);
+        // `old` old keys and `new` added keys are still to place; the run is written down
+        // from `out`.
+        let (mut old, mut new, mut out) = (live, added.len(), total);
+        while new > 0 {
+            let key = added[new - 1];
+            match old.checked_sub(1).map(|o| self.keys[o].cmp(&key)) {
+                Some(std::cmp::Ordering::Greater) => {
+                    out -= 1;
+                    self.keys[out] = self.keys[old - 1];
+                    self.tags[out] = self.tags[old - 1];
+                    old -= 1;
                 }
-                old.next();
-                if k < key {
-                    keys.push(k);
-                    tags.push(t);
+                Some(std::cmp::Ordering::Equal) => old -= 1,
+                _ => {
+                    out -= 1;
+                    self.keys[out] = key;
+                    self.tags[out] = tag;
+                    new -= 1;
                 }
             }
-            keys.push(key);
-            tags.push(tag);
         }
-        for (k, t) in old {
-            keys.push(k);
-            tags.push(t);
+        // Old keys left below `old` are in place; a key found in both left a gap between
+        // them and what was written.
+        if out > old {
+            self.keys.copy_within(out..total, old);
+            self.tags.copy_within(out..total, old);
+            let len = total - (out - old);
+            self.keys.truncate(len);
+            self.tags.truncate(len);
         }
-        Self::indexed(keys, tags)
+        self.index();
     }
 
-    fn indexed(keys: Vec<Key>, tags: Vec<u8>) -> Self {
+    /// Rebuilds where each run of leading bits starts (in the index's own room).
+    fn index(&mut self) {
         // About four keys a run: the index costs a quarter of the keys' 16 bytes at most.
-        let bits = (keys.len() / 4).max(1).ilog2().min(24);
-        let mut starts = Vec::with_capacity((1 << bits) + 1);
+        let bits = (self.keys.len() / 4).max(1).ilog2().min(24);
+        self.starts.clear();
+        self.starts.reserve((1 << bits) + 1);
         let mut at = 0;
         for prefix in 0..(1u64 << bits) {
-            while at < keys.len() && Self::prefix(&keys[at], bits) < prefix {
+            while at < self.keys.len() && Self::prefix(&self.keys[at], bits) < prefix {
                 at += 1;
             }
-            starts.push(at as u32);
+            self.starts.push(at as u32);
         }
-        starts.push(keys.len() as u32);
-        SortedKeys {
-            keys,
-            tags,
-            starts,
-            bits,
-        }
+        self.starts.push(self.keys.len() as u32);
+        self.bits = bits;
     }
 
     fn prefix(key: &Key, bits: u32) -> u64 {
@@ -394,8 +408,9 @@ impl Slices {
         let Some(tag) = self.slices.back().map(Slice::tag) else {
             return;
         };
-        let sealed = std::mem::take(&mut self.sealed);
-        self.sealed = sealed.merged(keys, tag, |t| self.is_live(t));
+        let mut sealed = std::mem::take(&mut self.sealed);
+        sealed.merge(keys, tag, |t| self.is_live(t));
+        self.sealed = sealed;
     }
 
     fn insert_all<'a>(&mut self, keys: impl IntoIterator<Item = &'a Key>, now: u64) {
@@ -594,7 +609,8 @@ mod tests {
             let keys: Vec<Key> = (0..n).map(|i| Key::of(&["in", &i.to_string()])).collect();
             let mut with_repeats = keys.clone();
             with_repeats.extend(keys.iter().take(10).copied());
-            let sorted = SortedKeys::default().merged(with_repeats, 7, |_| true);
+            let mut sorted = SortedKeys::default();
+            sorted.merge(with_repeats, 7, |_| true);
             assert_eq!(sorted.keys.len(), n, "repeats kept once");
             assert!(
                 keys.iter().all(|k| sorted.tag_of(k) == Some(7)),
@@ -605,8 +621,8 @@ mod tests {
             assert_eq!(others.count(), 0, "{n}: a key never added is found");
         }
         // Keys at the edges of the index: all bits clear and all bits set.
-        let edges =
-            SortedKeys::default().merged(vec![Key([0, 0]), Key([u64::MAX, u64::MAX])], 0, |_| true);
+        let mut edges = SortedKeys::default();
+        edges.merge(vec![Key([0, 0]), Key([u64::MAX, u64::MAX])], 0, |_| true);
         assert!(edges.tag_of(&Key([0, 0])).is_some());
         assert!(edges.tag_of(&Key([u64::MAX, u64::MAX])).is_some());
         assert!(edges.tag_of(&Key([u64::MAX, 0])).is_none());
@@ -615,15 +631,50 @@ mod tests {
     #[test]
     fn a_merge_keeps_the_newest_tag_and_leaves_out_dropped_slices() {
         let old = keys(0..100);
-        let run = SortedKeys::default().merged(old.clone(), 1, |_| true);
-        let run = run.merged(keys(50..150), 2, |_| true);
+        let mut run = SortedKeys::default();
+        run.merge(old.clone(), 1, |_| true);
+        run.merge(keys(50..150), 2, |_| true);
         assert_eq!(run.keys.len(), 150, "a key in both is held once");
         assert_eq!(run.tag_of(&old[10]), Some(1));
         assert_eq!(run.tag_of(&old[60]), Some(2), "the newer slice's tag wins");
-        let run = run.merged(keys(150..160), 3, |tag| tag != 1);
+        run.merge(keys(150..160), 3, |tag| tag != 1);
         assert_eq!(run.tag_of(&old[10]), None, "slice 1 was dropped");
         assert_eq!(run.tag_of(&old[60]), Some(2));
         assert_eq!(run.keys.len(), 110);
+    }
+
+    /// Merged in place, round after round, the run holds what a plain map of key to newest
+    /// tag holds: sorted, each key once, under its newest slice, the dropped slices' left out.
+    #[test]
+    fn merges_in_place_agree_with_a_map_of_keys_to_their_newest_tag() {
+        let mut run = SortedKeys::default();
+        let mut model = std::collections::BTreeMap::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..60u64 {
+            let tag = round as u8;
+            // Some keys new, some from earlier rounds (a key seen again), some repeated
+            // within the round.
+            let added: Vec<Key> = (0..(next() % 300))
+                .map(|_| Key::of(&["k", &(next() % 4_000).to_string()]))
+                .collect();
+            // Slices live for four rounds.
+            let keep = |t: u8| tag.wrapping_sub(t) < 4;
+            model.retain(|_, t: &mut u8| keep(*t));
+            for key in &added {
+                model.insert(*key, tag);
+            }
+            run.merge(added, tag, keep);
+            let expected: Vec<(Key, u8)> = model.iter().map(|(k, t)| (*k, *t)).collect();
+            let held: Vec<(Key, u8)> = run.keys.iter().copied().zip(run.tags.clone()).collect();
+            assert_eq!(held, expected, "round {round}");
+            assert!(expected.iter().all(|(k, t)| run.tag_of(k) == Some(*t)));
+        }
     }
 
     #[test]
