@@ -22,6 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         config.boxed(boxed);
     }
+    // The sender's JSON a pass-through batch carries is decoded as a view of the queue
+    // message's buffer, not copied out of it.
+    config.bytes([".mpconnect.v1.Batch.inbound_json"]);
     tonic_prost_build::configure().compile_with_config(
         config,
         &[

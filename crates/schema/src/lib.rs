@@ -197,11 +197,12 @@ pub(crate) const EVENTS_GUESS: usize = 16;
 /// Reads a batch's protobuf with room for its events made first (counted from the top-level
 /// fields): an `Event` is ~1.5 KB, and growing the list a doubling at a time copied ~22 KB for
 /// a batch of ten.
-pub fn decode_batch_proto(bytes: &[u8]) -> Result<v1::Batch, prost::DecodeError> {
+/// Read from the message's shared buffer, a pass-through batch's JSON is not copied.
+pub fn decode_batch_proto(bytes: &prost::bytes::Bytes) -> Result<v1::Batch, prost::DecodeError> {
     use prost::Message;
     let mut batch = v1::Batch::default();
     batch.events.reserve_exact(count_events(bytes));
-    batch.merge(bytes)?;
+    batch.merge(bytes.clone())?;
     Ok(batch)
 }
 
@@ -330,7 +331,7 @@ pub fn has_outbound_only_fields(batch: &v1::Batch) -> bool {
 /// must be stripped on the way out.
 pub fn pass_through(batch: &v1::Batch, json: &[u8]) -> Option<v1::Batch> {
     Some(v1::Batch {
-        inbound_json: json.to_vec(),
+        inbound_json: prost::bytes::Bytes::copy_from_slice(json),
         ..ids_of(batch)?
     })
 }

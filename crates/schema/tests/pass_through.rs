@@ -3,6 +3,7 @@
 
 use mpconnect_schema as schema;
 use schema::v1::Batch;
+use prost::bytes::Bytes;
 
 const SENT: &str = r#"{"environment":"production", "source_request_id":"r-1",
   "user_identities":{"customer_id":"c1"},
@@ -154,7 +155,7 @@ fn decode_batch_proto_reads_what_prost_reads() {
         Batch::default(),
         schema::pass_through(&batch, SENT.as_bytes()).unwrap(),
     ] {
-        let bytes = b.encode_to_vec();
+        let bytes = Bytes::from(b.encode_to_vec());
         let read = schema::decode_batch_proto(&bytes).unwrap();
         assert_eq!(read, b);
         assert_eq!(
@@ -162,10 +163,15 @@ fn decode_batch_proto_reads_what_prost_reads() {
             b.events.len(),
             "room for exactly its events"
         );
+        // The sender's JSON is a view of the message's buffer, not a copy.
+        if !read.inbound_json.is_empty() {
+            let buffer = bytes.as_ptr_range();
+            assert!(buffer.contains(&read.inbound_json.as_ptr()));
+        }
     }
-    let bytes = batch.encode_to_vec();
-    assert!(schema::decode_batch_proto(&bytes[..bytes.len() - 1]).is_err());
-    assert!(schema::decode_batch_proto(&[0xff; 3]).is_err());
+    let bytes = Bytes::from(batch.encode_to_vec());
+    assert!(schema::decode_batch_proto(&bytes.slice(..bytes.len() - 1)).is_err());
+    assert!(schema::decode_batch_proto(&Bytes::from_static(&[0xff; 3])).is_err());
 }
 
 /// A skimmed read (only what validation, the ids and the pass-through check read is built) gives

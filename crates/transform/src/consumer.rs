@@ -708,7 +708,7 @@ impl Transform {
         let batch = if envelope.is_json() {
             schema::parse_batch(&message.body).map_err(|e| format!("not a batch: {e}"))?
         } else {
-            schema::decode_batch_proto(message.body.as_ref())
+            schema::decode_batch_proto(&message.body)
                 .map_err(|e| format!("not a protobuf batch: {e}"))?
         };
         let connections = &inner.settings.connections;

@@ -81,7 +81,7 @@ pub fn pack<'a, K: Clone>(
                     index: 0,
                     of: 1,
                 },
-                Cow::Borrowed(batch.inbound_json.as_slice()),
+                Cow::Borrowed(batch.inbound_json.as_ref()),
             ));
             continue;
         }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -135,18 +135,22 @@ impl BodyLog {
             self.roll()?;
         }
         let mut places = Vec::with_capacity(records.len());
-        let mut written = Vec::with_capacity(len as usize);
+        // The parts are handed to the kernel as they are (one `writev`), not first copied
+        // into one buffer.
+        let mut parts = Vec::with_capacity(records.len() * 2);
+        let mut offset = self.active_len;
         for (body, attributes) in records {
             places.push(Place {
                 segment: self.active_id,
-                offset: self.active_len + written.len() as u64,
+                offset,
                 body_len: body.len() as u64,
                 attributes_len: attributes.len() as u64,
             });
-            written.extend_from_slice(body);
-            written.extend_from_slice(attributes);
+            offset += (body.len() + attributes.len()) as u64;
+            parts.push(IoSlice::new(body));
+            parts.push(IoSlice::new(attributes));
         }
-        if let Err(e) = self.active.write_all(&written) {
+        if let Err(e) = write_all_vectored(&mut self.active, &mut parts) {
             // A partial write leaves the segment's end unknown: the next append starts a new
             // one.
             self.active_len = self.segment_bytes;
@@ -261,4 +265,18 @@ fn list(dir: &Path) -> Result<Vec<(i64, u64)>, QueueError> {
         }
     }
     Ok(found)
+}
+
+/// Writes every part, in order, as `Write::write_all` writes one (`write_all_vectored` is not
+/// stable): a short write goes on from where it stopped.
+fn write_all_vectored(file: &mut File, mut parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !parts.is_empty() {
+        match file.write_vectored(parts) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
