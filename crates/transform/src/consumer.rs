@@ -490,12 +490,17 @@ impl Transform {
     ) -> Planned {
         let inner = &self.inner;
         let counted = |what: Events, n: usize| inner.stats.count_events(&connection.id, what, n);
-        let seen = |tier: Tier, key: &Key, in_round: &KeySet| {
-            in_round.contains(key) || inner.dedupe.contains(tier, key)
+        // Seen in this round or in the window; a batch's keys are looked up together.
+        let seen = |tier: Tier, keys: &[Key], in_round: &KeySet| {
+            let in_window = inner.dedupe.contains_each(tier, keys);
+            keys.iter()
+                .zip(in_window)
+                .map(|(key, in_window)| in_window || in_round.contains(key))
+                .collect::<Vec<bool>>()
         };
         let (message, envelope) = (&item.message, &item.envelope);
         let keys = dedupe_keys(message, envelope, &out, &connection.id, destination);
-        if keys.iter().any(|k| seen(Tier::Batch, k, in_round)) {
+        if seen(Tier::Batch, &keys, in_round).contains(&true) {
             counted(Events::Deduplicated, out.events.len());
             return Planned::Settled(Answer::Answered);
         }
@@ -504,20 +509,22 @@ impl Transform {
                 "a copy of this batch is being delivered; it waits for that outcome".into(),
             ));
         }
-        // Each kept event's key is made once, here, and remembered once answered.
-        let mut event_keys = Vec::new();
+        // Each event's key is made once, here, and a kept event's remembered once answered.
+        let mut event_keys: Vec<Key> = out
+            .events
+            .iter()
+            .filter_map(|e| e.source_message_id.as_deref())
+            .map(|id| event_key(&connection.id, destination, &envelope.source, id))
+            .collect();
+        // Retain visits each element once, in order: the flags line up with the events that
+        // have ids, and with their keys.
+        let repeated = seen(Tier::Event, &event_keys, in_round);
         let before = out.events.len();
-        out.events.retain(|e| {
-            let Some(id) = &e.source_message_id else {
-                return true;
-            };
-            let key = event_key(&connection.id, destination, &envelope.source, id);
-            if seen(Tier::Event, &key, in_round) {
-                return false;
-            }
-            event_keys.push(key);
-            true
-        });
+        let mut flags = repeated.iter();
+        out.events
+            .retain(|e| e.source_message_id.is_none() || flags.next() == Some(&false));
+        let mut flags = repeated.iter();
+        event_keys.retain(|_| flags.next() == Some(&false));
         counted(Events::Deduplicated, before - out.events.len());
         // Some events repeated: a pass-through batch is read in full and sent without them (a
         // failure to read it would send them again, never lose).

@@ -29,6 +29,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::io::Write as _;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -163,12 +164,22 @@ impl SortedKeys {
 
     /// The tag `key` is held under, if it is in the run.
     fn tag_of(&self, key: &Key) -> Option<u8> {
+        self.tag_in(self.run_of(key), key)
+    }
+
+    /// Where the keys that share `key`'s leading bits are (empty when the index has none).
+    fn run_of(&self, key: &Key) -> Range<usize> {
         let p = Self::prefix(key, self.bits) as usize;
-        let (Some(&from), Some(&to)) = (self.starts.get(p), self.starts.get(p + 1)) else {
-            return None;
-        };
-        let (from, to) = (from as usize, to as usize);
-        let at = self.keys.get(from..to)?.binary_search(key).ok()?;
+        match (self.starts.get(p), self.starts.get(p + 1)) {
+            (Some(&from), Some(&to)) => from as usize..to as usize,
+            _ => 0..0,
+        }
+    }
+
+    /// The tag `key` is held under, looked for in `run` ([`SortedKeys::run_of`]).
+    fn tag_in(&self, run: Range<usize>, key: &Key) -> Option<u8> {
+        let from = run.start;
+        let at = self.keys.get(run)?.binary_search(key).ok()?;
         self.tags.get(from + at).copied()
     }
 }
@@ -277,6 +288,16 @@ impl DedupeWindow {
 
     pub fn contains(&self, tier: Tier, key: &Key) -> bool {
         self.tier(tier).contains(key)
+    }
+
+    /// Whether the tier holds each of `keys`, looked up together under one lock (a batch's
+    /// events): each lookup's cache misses overlap the others', where one lookup at a time,
+    /// each between a lock and an unlock, waited for every miss in turn.
+    pub fn contains_each(&self, tier: Tier, keys: &[Key]) -> Vec<bool> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        self.tier(tier).contains_each(keys)
     }
 
     /// Remembers `keys` (and, with a directory, writes them) before the caller acknowledges
@@ -391,6 +412,23 @@ impl Slices {
     fn contains(&self, key: &Key) -> bool {
         self.slices.back().is_some_and(|s| s.open.contains(key))
             || self.sealed.tag_of(key).is_some_and(|tag| self.is_live(tag))
+    }
+
+    fn contains_each(&self, keys: &[Key]) -> Vec<bool> {
+        // Each pass's reads do not wait on another key's: first where each key's run starts,
+        // then the runs and the open set.
+        let runs: Vec<Range<usize>> = keys.iter().map(|k| self.sealed.run_of(k)).collect();
+        let open = self.slices.back().map(|s| &s.open);
+        keys.iter()
+            .zip(runs)
+            .map(|(key, run)| {
+                open.is_some_and(|o| o.contains(key))
+                    || self
+                        .sealed
+                        .tag_in(run, key)
+                        .is_some_and(|tag| self.is_live(tag))
+            })
+            .collect()
     }
 
     /// Whether `tag` is a live slice's: their numbers are consecutive from the oldest.
@@ -675,6 +713,31 @@ mod tests {
             assert_eq!(held, expected, "round {round}");
             assert!(expected.iter().all(|(k, t)| run.tag_of(k) == Some(*t)));
         }
+    }
+
+    /// Looked up together, keys get the answers they get one by one: in the open slice, in
+    /// the sealed run, in a slice dropped over the cap, never seen.
+    #[test]
+    fn keys_looked_up_together_are_answered_as_one_by_one() {
+        let mut s = Slices::open(Tier::Event, 16, 3_600_000, None, 1_000);
+        let all = keys(0..40);
+        for chunk in all[..30].chunks(3) {
+            s.insert_all(chunk, 1_000);
+        }
+        let one_by_one: Vec<bool> = all.iter().map(|k| s.contains(k)).collect();
+        assert!(one_by_one[29] && !one_by_one[0] && !one_by_one[35], "{one_by_one:?}");
+        assert_eq!(s.contains_each(&all), one_by_one);
+        let mixed: Vec<Key> = all.iter().rev().step_by(3).copied().collect();
+        let expected: Vec<bool> = mixed.iter().map(|k| s.contains(k)).collect();
+        assert_eq!(s.contains_each(&mixed), expected);
+        let window = DedupeWindow::new(DedupeSettings::default());
+        window.insert_all(Tier::Event, &all[..5]);
+        assert_eq!(
+            window.contains_each(Tier::Event, &all[3..7]),
+            [true, true, false, false]
+        );
+        assert!(window.contains_each(Tier::Batch, &all[3..7]).iter().all(|&b| !b));
+        assert!(window.contains_each(Tier::Event, &[]).is_empty());
     }
 
     #[test]
