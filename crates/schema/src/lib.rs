@@ -178,11 +178,7 @@ fn read_one<'de, R: serde_json::de::Read<'de>>(
 ) -> Option<(v1::Batch, bool, usize)> {
     let (read, normalised) = json::noting_normalisation(|| {
         let mut read = || json::BatchSeed(Some(body)).deserialize(&mut d);
-        if skim {
-            json::skimming(read)
-        } else {
-            read()
-        }
+        if skim { json::skimming(read) } else { read() }
     });
     let batch = read.ok()?;
     // A stream started here begins where the batch ended.

@@ -2,8 +2,8 @@
 //! ids routing needs, and read back in full where content matters.
 
 use mpconnect_schema as schema;
-use schema::v1::Batch;
 use prost::bytes::Bytes;
+use schema::v1::Batch;
 
 const SENT: &str = r#"{"environment":"production", "source_request_id":"r-1",
   "user_identities":{"customer_id":"c1"},
@@ -207,9 +207,8 @@ fn a_skimmed_read_agrees_with_a_full_read() {
       {"event_type":"commerce_event","data":{"promotion_action":{"promotions":[]}}},
       {"event_type":"screen_view","data":{"screen_name":"s"}},
       {"event_type":"nope","data":{"event_name":"x"}}]}"#;
-    let body = format!(
-        "[{SENT},{attributed},{changed},{outbound},{invalid},{changed_deep},{required}]"
-    );
+    let body =
+        format!("[{SENT},{attributed},{changed},{outbound},{invalid},{changed_deep},{required}]");
     let full = schema::read_batches(body.as_bytes()).unwrap();
     let skimmed = schema::skim_batches(body.as_bytes()).unwrap();
     assert_eq!(skimmed.len(), 7);
@@ -303,7 +302,9 @@ fn a_skimmed_read_refuses_what_a_full_read_refuses() {
         assert!(schema::skim_batches(&body).is_none(), "{bad:?}");
     }
     let event_with = |data: &[u8]| {
-        let mut body = br#"[{"environment":"production","events":[{"event_type":"commerce_event","data":{"#.to_vec();
+        let mut body =
+            br#"[{"environment":"production","events":[{"event_type":"commerce_event","data":{"#
+                .to_vec();
         body.extend_from_slice(data);
         body.extend_from_slice(b"}}]}]");
         body

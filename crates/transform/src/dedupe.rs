@@ -725,7 +725,10 @@ mod tests {
             s.insert_all(chunk, 1_000);
         }
         let one_by_one: Vec<bool> = all.iter().map(|k| s.contains(k)).collect();
-        assert!(one_by_one[29] && !one_by_one[0] && !one_by_one[35], "{one_by_one:?}");
+        assert!(
+            one_by_one[29] && !one_by_one[0] && !one_by_one[35],
+            "{one_by_one:?}"
+        );
         assert_eq!(s.contains_each(&all), one_by_one);
         let mixed: Vec<Key> = all.iter().rev().step_by(3).copied().collect();
         let expected: Vec<bool> = mixed.iter().map(|k| s.contains(k)).collect();
@@ -736,7 +739,12 @@ mod tests {
             window.contains_each(Tier::Event, &all[3..7]),
             [true, true, false, false]
         );
-        assert!(window.contains_each(Tier::Batch, &all[3..7]).iter().all(|&b| !b));
+        assert!(
+            window
+                .contains_each(Tier::Batch, &all[3..7])
+                .iter()
+                .all(|&b| !b)
+        );
         assert!(window.contains_each(Tier::Event, &[]).is_empty());
     }
 

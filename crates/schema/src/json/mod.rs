@@ -31,10 +31,17 @@ thread_local! {
 /// (refused where that refuses, noting a changed form where that does) and left out. Most of a
 /// typical event's bytes and allocations are members nothing reads again.
 pub(crate) fn skimming<T>(read: impl FnOnce() -> T) -> T {
+    /// Ends the skim however `read` ends (a panic too), so no later full read on this thread
+    /// is skimmed.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SKIMMING.with(|s| s.set(false));
+        }
+    }
     SKIMMING.with(|s| s.set(true));
-    let out = read();
-    SKIMMING.with(|s| s.set(false));
-    out
+    let _reset = Reset;
+    read()
 }
 
 pub(crate) fn skims() -> bool {

@@ -661,7 +661,6 @@ impl<'de> Visitor<'de> for Skip {
     }
 }
 
-
 /// An object of objects, each kept whole.
 pub struct Nested;
 impl Kind for Nested {
