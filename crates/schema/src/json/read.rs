@@ -268,19 +268,7 @@ pub trait Kind {
 }
 
 /// Skips the next map value as kind `K` ([`Kind::skip`]).
-pub struct SkipSeed<K>(PhantomData<K>);
-
-impl<K> SkipSeed<K> {
-    pub fn new() -> Self {
-        SkipSeed(PhantomData)
-    }
-}
-
-impl<K> Default for SkipSeed<K> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+pub struct SkipSeed<K>(pub PhantomData<K>);
 
 impl<'de, K: Kind> DeserializeSeed<'de> for SkipSeed<K> {
     type Value = ();
@@ -907,7 +895,7 @@ macro_rules! fields {
             ) -> Result<bool, A::Error> {
                 match key {
                     $(stringify!($field) => {
-                        map.next_value_seed($crate::json::read::SkipSeed::<$kind>::new())?;
+                        map.next_value_seed($crate::json::read::SkipSeed::<$kind>(std::marker::PhantomData))?;
                         Ok(true)
                     })*
                     _ => Ok(false),
