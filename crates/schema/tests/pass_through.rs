@@ -140,6 +140,24 @@ fn encoded_pass_through_decodes_to_the_pass_through_form() {
     let through = schema::pass_through(&batch, SENT.as_bytes()).unwrap();
     assert_eq!(Batch::decode(bytes.as_slice()).unwrap(), through);
     assert_eq!(bytes.len(), through.encoded_len());
+    // Written field by field, the bytes are prost's own for the pass-through form: with and
+    // without ids, an id long enough for a two-byte length, no events, many events.
+    let long_id = "x".repeat(200);
+    let shapes = [
+        SENT.to_owned(),
+        r#"{"environment":"production","events":[]}"#.to_owned(),
+        format!(
+            r#"{{"environment":"production","source_request_id":"{long_id}","events":[{{"event_type":"custom_event","data":{{"event_name":"a","custom_event_type":"other","source_message_id":"{long_id}"}}}},{{"event_type":"session_start","data":{{}}}}]}}"#
+        ),
+        String::from_utf8(schema::testing::bulk_request(7, false)).unwrap(),
+    ];
+    for shape in &shapes {
+        for read in schema::skim_batches(shape.as_bytes()).unwrap() {
+            let written = schema::encode_pass_through(&read.batch, read.json).unwrap();
+            let through = schema::pass_through(&read.batch, read.json).unwrap();
+            assert_eq!(written, through.encode_to_vec(), "{shape}");
+        }
+    }
 }
 
 /// A batch's protobuf read with its events counted first is the batch; damaged bytes are
