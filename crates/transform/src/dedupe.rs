@@ -163,6 +163,7 @@ impl SortedKeys {
     }
 
     /// The tag `key` is held under, if it is in the run.
+    #[cfg(test)]
     fn tag_of(&self, key: &Key) -> Option<u8> {
         self.tag_in(self.run_of(key), key)
     }
@@ -286,10 +287,6 @@ impl DedupeWindow {
         .unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn contains(&self, tier: Tier, key: &Key) -> bool {
-        self.tier(tier).contains(key)
-    }
-
     /// Whether the tier holds each of `keys`, looked up together under one lock (a batch's
     /// events): each lookup's cache misses overlap the others', where one lookup at a time,
     /// each between a lock and an unlock, waited for every miss in turn.
@@ -409,25 +406,29 @@ impl Slices {
         (self.cap / SLICES as usize).max(1)
     }
 
-    fn contains(&self, key: &Key) -> bool {
+    /// Whether the tier holds `key`: in the open slice, or in `run` (the sealed run's part
+    /// for it, [`SortedKeys::run_of`]) under a live slice's tag.
+    fn holds(&self, key: &Key, run: Range<usize>) -> bool {
         self.slices.back().is_some_and(|s| s.open.contains(key))
-            || self.sealed.tag_of(key).is_some_and(|tag| self.is_live(tag))
+            || self
+                .sealed
+                .tag_in(run, key)
+                .is_some_and(|tag| self.is_live(tag))
+    }
+
+    /// One key at a time: the tests' reference for [`Slices::contains_each`].
+    #[cfg(test)]
+    fn contains(&self, key: &Key) -> bool {
+        self.holds(key, self.sealed.run_of(key))
     }
 
     fn contains_each(&self, keys: &[Key]) -> Vec<bool> {
         // Each pass's reads do not wait on another key's: first where each key's run starts,
         // then the runs and the open set.
         let runs: Vec<Range<usize>> = keys.iter().map(|k| self.sealed.run_of(k)).collect();
-        let open = self.slices.back().map(|s| &s.open);
         keys.iter()
             .zip(runs)
-            .map(|(key, run)| {
-                open.is_some_and(|o| o.contains(key))
-                    || self
-                        .sealed
-                        .tag_in(run, key)
-                        .is_some_and(|tag| self.is_live(tag))
-            })
+            .map(|(key, run)| self.holds(key, run))
             .collect()
     }
 
