@@ -153,9 +153,10 @@ fn collect(w: &mut Writer) -> Result<(), QueueError> {
         }
     }
     // A drained queue's active segment is closed, so its bytes go too (under a size cap the
-    // queue must be able to empty its disk, not only its rows).
+    // queue must be able to empty its disk, not only its rows), and so do the spares.
     let (active, written) = w.log.active();
-    if written && !live.contains_key(&active) {
+    let drained = written && !live.contains_key(&active);
+    if drained {
         w.log.close_active()?;
     }
     // Live quarters below which a segment is compacted: one normally, three near the cap.
@@ -185,6 +186,9 @@ fn collect(w: &mut Writer) -> Result<(), QueueError> {
     }
     for segment in unused {
         w.log.remove(segment);
+    }
+    if drained {
+        w.log.drop_spares();
     }
     Ok(())
 }
