@@ -262,7 +262,10 @@ fn guess_kind(input: &[u8], key: &str) -> Option<event::Kind> {
     let rest = input.get(start..)?;
     let rest = &rest[..rest.len().min(LOOK_AHEAD)];
     const TYPE_KEY: &[u8] = b"\"event_type\"";
-    let at = memchr::memmem::find(rest, TYPE_KEY)? + TYPE_KEY.len();
+    // Built once: `memmem::find` builds its searcher on every call, as costly as the search.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(TYPE_KEY));
+    let at = FINDER.find(rest)? + TYPE_KEY.len();
     let mut rest = rest.get(at..)?;
     let skip_space = |r: &mut &[u8]| {
         while let [b' ' | b'\t' | b'\n' | b'\r', tail @ ..] = *r {
