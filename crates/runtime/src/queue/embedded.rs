@@ -81,6 +81,9 @@ fn checkpointer(conn: Connection, alive: std::sync::Weak<Inner>) {
 /// Most jobs one transaction takes; more wait for the next.
 const GROUP_COMMIT_MAX: usize = 64;
 
+/// How long a transaction waits for more jobs once it has one.
+const GROUP_LINGER: Duration = Duration::from_micros(200);
+
 /// How often segments that no message needs are removed (and nearly empty ones compacted).
 const COLLECT_EVERY: Duration = Duration::from_secs(1);
 
@@ -103,10 +106,23 @@ fn writer(mut w: Writer, jobs: std::sync::mpsc::Receiver<Job>) {
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         };
         let mut batch = vec![first];
+        // What else comes within a moment shares the transaction: each one's `BEGIN` and
+        // `COMMIT` (locks on the WAL index, a WAL write) cost more than the wait.
+        let linger_until = Instant::now() + GROUP_LINGER;
         while batch.len() < GROUP_COMMIT_MAX {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
-                Err(_) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    let left = linger_until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match jobs.recv_timeout(left) {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
             }
         }
         if let Err(e) = run_cached(&w.conn, "BEGIN IMMEDIATE") {
