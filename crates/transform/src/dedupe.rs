@@ -510,11 +510,7 @@ impl Slices {
             let keys: Vec<Key> = std::mem::take(&mut newest.open).into_iter().collect();
             self.seal_keys(keys);
         }
-        let mut slice = Slice::new(seq, now);
-        // Room for a full slice at once: grown by doublings, its table was rehashed six
-        // times over on its way there.
-        slice.open.reserve(self.slice_keys());
-        self.slices.push_back(slice);
+        self.slices.push_back(Slice::new(seq, now));
         if let Some(journal) = &mut self.journal {
             let path = journal.path(seq);
             journal.file = match std::fs::OpenOptions::new()
