@@ -78,13 +78,14 @@ pub struct TransformStats {
     events_total: HashMap<String, [metrics::Counter; 4]>,
 }
 
-/// What became of a batch's events in the transform.
+/// What became of a batch's events in the transform; its number is its place in
+/// [`Events::ALL`] and in each connection's counters.
 #[derive(Clone, Copy)]
 enum Events {
-    In,
-    Out,
-    Filtered,
-    Deduplicated,
+    In = 0,
+    Out = 1,
+    Filtered = 2,
+    Deduplicated = 3,
 }
 
 impl Events {
