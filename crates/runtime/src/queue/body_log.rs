@@ -58,8 +58,8 @@ pub(super) struct BodyLog {
     /// What was written into each segment opened in this run: a reused file is longer than
     /// what it holds.
     written: HashMap<i64, u64>,
-    /// Freed segments, renamed out of the segments' names, with their sizes.
-    spares: Vec<(PathBuf, u64)>,
+    /// Freed segments (renamed to [`spare_path`]): their ids and sizes.
+    spares: Vec<(i64, u64)>,
     segment_bytes: u64,
     full_sync: bool,
     unsynced: bool,
@@ -256,7 +256,8 @@ impl BodyLog {
     /// A spare renamed to segment `id`, opened to be written from its start (not truncated:
     /// its pages and blocks are what is reused).
     fn reuse_spare(&mut self, id: i64) -> Option<(File, u64)> {
-        let (spare, size) = self.spares.pop()?;
+        let (spare_id, size) = self.spares.pop()?;
+        let spare = spare_path(&self.dir, spare_id);
         let path = segment_path(&self.dir, id);
         let reused = std::fs::rename(&spare, &path).and_then(|()| {
             if self.full_sync {
@@ -280,10 +281,10 @@ impl BodyLog {
 
     /// Deletes one spare; false if there was none.
     fn drop_spare(&mut self) -> bool {
-        let Some((spare, size)) = self.spares.pop() else {
+        let Some((spare_id, size)) = self.spares.pop() else {
             return false;
         };
-        if let Err(e) = std::fs::remove_file(&spare) {
+        if let Err(e) = std::fs::remove_file(spare_path(&self.dir, spare_id)) {
             tracing::warn!(error = %e, "embedded queue: cannot remove a spare segment");
         }
         self.total = self.total.saturating_sub(size);
@@ -321,10 +322,9 @@ impl BodyLog {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         self.written.remove(&segment);
         if self.spares.len() < MAX_SPARES {
-            let spare = spare_path(&self.dir, segment);
-            match std::fs::rename(&path, &spare) {
+            match std::fs::rename(&path, spare_path(&self.dir, segment)) {
                 Ok(()) => {
-                    self.spares.push((spare, size));
+                    self.spares.push((segment, size));
                     return;
                 }
                 Err(e) => {

@@ -109,20 +109,12 @@ fn writer(mut w: Writer, jobs: std::sync::mpsc::Receiver<Job>) {
         // What else comes within a moment shares the transaction: each one's `BEGIN` and
         // `COMMIT` (locks on the WAL index, a WAL write) cost more than the wait.
         let linger_until = Instant::now() + GROUP_LINGER;
+        // (With no time left, `recv_timeout` still takes what is already waiting.)
         while batch.len() < GROUP_COMMIT_MAX {
-            match jobs.try_recv() {
+            let left = linger_until.saturating_duration_since(Instant::now());
+            match jobs.recv_timeout(left) {
                 Ok(job) => batch.push(job),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-                Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    let left = linger_until.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    match jobs.recv_timeout(left) {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
+                Err(_) => break,
             }
         }
         if let Err(e) = run_cached(&w.conn, "BEGIN IMMEDIATE") {
