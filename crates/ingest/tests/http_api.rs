@@ -558,6 +558,47 @@ async fn a_backed_up_queue_answers_429_with_retry_after() {
     server.stop().await;
 }
 
+/// Past the bound the backlog is read again while requests wait on it, not only at the
+/// periodic read (here once an hour): a waiting request is taken once the queue drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_sees_the_backlog_fall_before_the_next_periodic_read() {
+    let settings = IngestSettings {
+        max_backlog: Some(5),
+        backlog_refresh: Duration::from_secs(3600),
+        backlog_wait: Duration::from_secs(3),
+        ..settings()
+    };
+    let server = start(settings).await;
+    let bulk = format!("[{}]", vec![batch_json("q"); 10].join(","));
+    assert_eq!(post("/v2/bulkevents", &server, bulk).await.status(), 202);
+    let waiting = tokio::spawn({
+        let url = server.url("/v2/events");
+        async move {
+            client()
+                .post(url)
+                .basic_auth(KEY, Some(SECRET))
+                .header("content-type", "application/json")
+                .body(batch_json("waited"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "answered at once over the bound");
+    // Taken while the queue drains (once fewer than six are left to receive).
+    let mut got = decode(&drain(&server.queue).await);
+    assert_eq!(waiting.await.unwrap(), 202);
+    got.extend(decode(&drain(&server.queue).await));
+    assert_eq!(got.len(), 11);
+    assert!(
+        got.iter()
+            .any(|b| b.source_request_id.as_deref() == Some("waited"))
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_backlog_a_request_waits_for_it_to_fall_before_429() {
     let settings = IngestSettings {

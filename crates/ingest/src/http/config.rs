@@ -45,6 +45,9 @@ pub struct IngestSettings {
     pub backlog_wait: Duration,
     /// How often the backlog is read.
     pub backlog_refresh: Duration,
+    /// Past `max_backlog`, while requests wait, the backlog is read again this often (one
+    /// read at a time): the queue's depth query, at most this often and only while full.
+    pub backlog_recheck: Duration,
     /// Requests decoded and queued at once; more wait (up to `backlog_wait`, then 429). One
     /// holds its decoded batches (about 1 MB for a full bulk request), so this bounds most of
     /// ingest's memory whatever the number of connections; a few per core keep the cores busy.
@@ -64,6 +67,7 @@ impl Default for IngestSettings {
             retry_after: Duration::from_secs(2),
             backlog_wait: Duration::from_secs(1),
             backlog_refresh: Duration::from_millis(500),
+            backlog_recheck: Duration::from_millis(20),
             max_in_flight: 16,
         }
     }

@@ -39,6 +39,9 @@ pub(crate) fn messages(errors: Vec<schema::ValidationError>) -> Vec<String> {
     errors.iter().map(ToString::to_string).collect()
 }
 
+/// How often a request waiting past the backlog bound looks at the figure again.
+const BACKLOG_POLL: Duration = Duration::from_millis(5);
+
 /// The running HTTP source; cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
@@ -58,6 +61,8 @@ struct Inner {
     /// Batches queued since the backlog was last read: added to it, so a burst between two
     /// reads is seen at once.
     queued_since_read: AtomicU64,
+    /// Held while the backlog is read (one read at a time), with when it was last read.
+    backlog_read: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// Permits for requests past the gate (`IngestSettings::max_in_flight`).
     in_flight: tokio::sync::Semaphore,
     /// Set when shutdown begins: readiness fails so the endpoints drop this pod.
@@ -78,6 +83,7 @@ impl Ingest {
                 dead_letter,
                 backlog: AtomicU64::new(0),
                 queued_since_read: AtomicU64::new(0),
+                backlog_read: tokio::sync::Mutex::new(None),
                 in_flight: tokio::sync::Semaphore::new(settings.max_in_flight.max(1)),
                 draining: Default::default(),
                 settings,
@@ -108,21 +114,46 @@ impl Ingest {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
-                match this.inner.queue.depth().await {
-                    Ok(depth) => {
-                        let backlog = depth.visible + depth.delayed;
-                        this.inner.backlog.store(backlog, Ordering::Relaxed);
-                        this.inner.queued_since_read.store(0, Ordering::Relaxed);
-                        metrics::gauge!("mpconnect_queue_depth", "queue" => "ingest", "state" => "visible")
-                            .set(depth.visible as f64);
-                        metrics::gauge!("mpconnect_queue_depth", "queue" => "ingest", "state" => "in_flight")
-                            .set(depth.in_flight as f64);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot read the ingest queue's depth"),
-                }
+                let mut last_read = this.inner.backlog_read.lock().await;
+                this.read_backlog(&mut last_read).await;
+                drop(last_read);
                 tokio::time::sleep(this.inner.settings.backlog_refresh).await;
             }
         })
+    }
+
+    /// Reads the queue's depth into the backlog figure, with `backlog_read` held.
+    async fn read_backlog(&self, last_read: &mut Option<tokio::time::Instant>) {
+        // What is queued while the depth is read may or may not be in it: it stays counted
+        // (a moment's overcount) rather than be forgotten.
+        let queued_before = self.inner.queued_since_read.load(Ordering::Relaxed);
+        match self.inner.queue.depth().await {
+            Ok(depth) => {
+                let backlog = depth.visible + depth.delayed;
+                self.inner.backlog.store(backlog, Ordering::Relaxed);
+                self.inner
+                    .queued_since_read
+                    .fetch_sub(queued_before, Ordering::Relaxed);
+                *last_read = Some(tokio::time::Instant::now());
+                metrics::gauge!("mpconnect_queue_depth", "queue" => "ingest", "state" => "visible")
+                    .set(depth.visible as f64);
+                metrics::gauge!("mpconnect_queue_depth", "queue" => "ingest", "state" => "in_flight")
+                    .set(depth.in_flight as f64);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the ingest queue's depth"),
+        }
+    }
+
+    /// Reads the backlog now if no read is under way and the last is older than
+    /// `backlog_recheck`.
+    async fn recheck_backlog(&self) {
+        let Ok(mut last_read) = self.inner.backlog_read.try_lock() else {
+            return;
+        };
+        if last_read.is_some_and(|at| at.elapsed() < self.inner.settings.backlog_recheck) {
+            return;
+        }
+        self.read_backlog(&mut last_read).await;
     }
 
     /// Serves until `shutdown` resolves, then stops taking connections and finishes the
@@ -157,13 +188,24 @@ impl Ingest {
     /// Whether the backlog is at most `max`, now or within the backlog wait.
     async fn backlog_below(&self, max: u64) -> bool {
         let deadline = tokio::time::Instant::now() + self.inner.settings.backlog_wait;
-        while self.backlog() > max {
+        loop {
+            if self.backlog() <= max {
+                return true;
+            }
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Between reads the figure only grows (every batch queued is added, none taken
+            // away), so past the bound it is read again while requests wait on it: waiting
+            // for the periodic read held them up to `backlog_refresh`, and capped the
+            // pipeline at `max_backlog` batches per `backlog_refresh` (10,000 per 500 ms by
+            // default; 2,000 a second with a bound of 1,000).
+            self.recheck_backlog().await;
+            if self.backlog() <= max {
+                return true;
+            }
+            tokio::time::sleep(BACKLOG_POLL).await;
         }
-        true
     }
 
     /// A place among the requests being decoded and queued, within the backlog wait; `None`
