@@ -562,56 +562,37 @@ async fn a_backed_up_queue_answers_429_with_retry_after() {
 /// periodic read (here once an hour): a waiting request is taken once the queue drains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_request_sees_the_backlog_fall_before_the_next_periodic_read() {
-    let settings = IngestSettings {
-        max_backlog: Some(5),
-        backlog_refresh: Duration::from_secs(3600),
-        backlog_wait: Duration::from_secs(3),
-        ..settings()
-    };
-    let server = start(settings).await;
-    let bulk = format!("[{}]", vec![batch_json("q"); 10].join(","));
-    assert_eq!(post("/v2/bulkevents", &server, bulk).await.status(), 202);
-    let waiting = tokio::spawn({
-        let url = server.url("/v2/events");
-        async move {
-            client()
-                .post(url)
-                .basic_auth(KEY, Some(SECRET))
-                .header("content-type", "application/json")
-                .body(batch_json("waited"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "answered at once over the bound");
-    // Taken while the queue drains (once fewer than six are left to receive).
-    let mut got = decode(&drain(&server.queue).await);
-    assert_eq!(waiting.await.unwrap(), 202);
-    got.extend(decode(&drain(&server.queue).await));
-    assert_eq!(got.len(), 11);
-    assert!(
-        got.iter()
-            .any(|b| b.source_request_id.as_deref() == Some("waited"))
-    );
+    let server = over_the_backlog_bound(Duration::from_secs(3600)).await;
+    a_request_waits_then_is_taken_as_the_queue_drains(&server, Duration::from_millis(300)).await;
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_backlog_a_request_waits_for_it_to_fall_before_429() {
+    let server = over_the_backlog_bound(Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a_request_waits_then_is_taken_as_the_queue_drains(&server, Duration::from_millis(500)).await;
+    server.stop().await;
+}
+
+/// A server whose queue holds 10 batches against a bound of 5 (a request waits up to 3 s),
+/// its backlog read every `refresh`.
+async fn over_the_backlog_bound(refresh: Duration) -> Server {
     let settings = IngestSettings {
         max_backlog: Some(5),
-        backlog_refresh: Duration::from_millis(50),
+        backlog_refresh: refresh,
         backlog_wait: Duration::from_secs(3),
         ..settings()
     };
     let server = start(settings).await;
     let bulk = format!("[{}]", vec![batch_json("q"); 10].join(","));
     assert_eq!(post("/v2/bulkevents", &server, bulk).await.status(), 202);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Over the bound: this request waits; the queue drains meanwhile, and it is taken.
+    server
+}
+
+/// Over the bound, a request is still waiting after `waited`; the queue is then drained, and
+/// the request is taken meanwhile (once fewer than six are left to receive).
+async fn a_request_waits_then_is_taken_as_the_queue_drains(server: &Server, waited: Duration) {
     let waiting = tokio::spawn({
         let url = server.url("/v2/events");
         async move {
@@ -626,7 +607,7 @@ async fn past_the_backlog_a_request_waits_for_it_to_fall_before_429() {
                 .status()
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(waited).await;
     assert!(!waiting.is_finished(), "answered at once over the bound");
     let mut got = decode(&drain(&server.queue).await);
     assert_eq!(waiting.await.unwrap(), 202);
@@ -636,7 +617,6 @@ async fn past_the_backlog_a_request_waits_for_it_to_fall_before_429() {
         got.iter()
             .any(|b| b.source_request_id.as_deref() == Some("waited"))
     );
-    server.stop().await;
 }
 
 /// Starts `POST /v2/events` of `body` and sends only its first 10 bytes: a request in hand.
