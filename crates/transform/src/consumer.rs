@@ -445,8 +445,14 @@ impl Transform {
     fn plan(&self, round: &mut [InRound], reserved: &mut Reservation) -> Vec<Call> {
         let connections = &self.inner.settings.connections;
         let mut calls: BTreeMap<String, Call> = BTreeMap::new();
-        // Keys already routed in this round: a repeat inside one round is a repeat too.
-        let mut in_round = KeySet::default();
+        // Keys already routed in this round: a repeat inside one round is a repeat too. Sized
+        // for every key the round can route (grown a doubling at a time, the set was rehashed
+        // about seven times a round).
+        let keys_in_round = round
+            .iter()
+            .map(|item| (item.batch.events.len() + MAX_BATCH_KEYS) * item.routes.len())
+            .sum();
+        let mut in_round = KeySet::with_capacity_and_hasher(keys_in_round, Default::default());
         for (m, item) in round.iter_mut().enumerate() {
             let had_events = !item.batch.events.is_empty();
             // Summed over every route, for the message's span.
@@ -556,12 +562,13 @@ impl Transform {
             ));
         }
         // Each event's key is made once, here, and a kept event's remembered once answered.
-        let mut event_keys: Vec<Key> = out
-            .events
-            .iter()
-            .filter_map(|e| e.source_message_id.as_deref())
-            .map(|id| event_key(&connection.id, destination, &envelope.source, id))
-            .collect();
+        let mut event_keys: Vec<Key> = Vec::with_capacity(out.events.len());
+        event_keys.extend(
+            out.events
+                .iter()
+                .filter_map(|e| e.source_message_id.as_deref())
+                .map(|id| event_key(&connection.id, destination, &envelope.source, id)),
+        );
         // Retain visits each element once, in order: the flags line up with the events that
         // have ids, and with their keys.
         let repeated = seen(Tier::Event, &event_keys, in_round);
@@ -959,6 +966,9 @@ fn message_span(
     (span, trace)
 }
 
+/// The most keys [`dedupe_keys`] gives a batch.
+const MAX_BATCH_KEYS: usize = 3;
+
 /// Keys that mark a batch as already given to `destination` by `connection` (two connections
 /// to one destination each deliver their own): the S3 source's batch id, the sender's
 /// `source_request_id`, and the queue message itself (a redelivery). Events have their own,
@@ -970,12 +980,13 @@ fn dedupe_keys(
     connection: &str,
     destination: &str,
 ) -> Vec<Key> {
-    let mut keys = vec![Key::of(&[
+    let mut keys = Vec::with_capacity(MAX_BATCH_KEYS);
+    keys.push(Key::of(&[
         connection,
         destination,
         "m",
         &message.message_id,
-    ])];
+    ]));
     if let Some(id) = &envelope.batch_id {
         keys.push(Key::of(&[connection, destination, "b", id]));
     }
