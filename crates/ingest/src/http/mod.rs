@@ -39,9 +39,6 @@ pub(crate) fn messages(errors: Vec<schema::ValidationError>) -> Vec<String> {
     errors.iter().map(ToString::to_string).collect()
 }
 
-/// How often a request waiting past the backlog bound looks at the figure again.
-const BACKLOG_POLL: Duration = Duration::from_millis(5);
-
 /// The running HTTP source; cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
@@ -63,6 +60,8 @@ struct Inner {
     queued_since_read: AtomicU64,
     /// Held while the backlog is read (one read at a time), with when it was last read.
     backlog_read: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Wakes the requests waiting past the bound after each read of the backlog.
+    backlog_was_read: tokio::sync::Notify,
     /// Permits for requests past the gate (`IngestSettings::max_in_flight`).
     in_flight: tokio::sync::Semaphore,
     /// Set when shutdown begins: readiness fails so the endpoints drop this pod.
@@ -84,6 +83,7 @@ impl Ingest {
                 backlog: AtomicU64::new(0),
                 queued_since_read: AtomicU64::new(0),
                 backlog_read: tokio::sync::Mutex::new(None),
+                backlog_was_read: tokio::sync::Notify::new(),
                 in_flight: tokio::sync::Semaphore::new(settings.max_in_flight.max(1)),
                 draining: Default::default(),
                 settings,
@@ -135,6 +135,7 @@ impl Ingest {
                     .queued_since_read
                     .fetch_sub(queued_before, Ordering::Relaxed);
                 *last_read = Some(tokio::time::Instant::now());
+                self.inner.backlog_was_read.notify_waiters();
                 metrics::gauge!("mpconnect_queue_depth", "queue" => "ingest", "state" => "visible")
                     .set(depth.visible as f64);
                 metrics::gauge!("mpconnect_queue_depth", "queue" => "ingest", "state" => "in_flight")
@@ -199,12 +200,17 @@ impl Ingest {
             // away), so past the bound it is read again while requests wait on it: waiting
             // for the periodic read held them up to `backlog_refresh`, and capped the
             // pipeline at `max_backlog` batches per `backlog_refresh` (10,000 per 500 ms by
-            // default; 2,000 a second with a bound of 1,000).
+            // default; 2,000 a second with a bound of 1,000). One waiter reads; the others
+            // wake when it has (registered first, so that read is not missed).
+            let was_read = self.inner.backlog_was_read.notified();
+            tokio::pin!(was_read);
+            was_read.as_mut().enable();
             self.recheck_backlog().await;
             if self.backlog() <= max {
                 return true;
             }
-            tokio::time::sleep(BACKLOG_POLL).await;
+            let recheck = self.inner.settings.backlog_recheck;
+            let _ = tokio::time::timeout(recheck, was_read).await;
         }
     }
 
