@@ -58,7 +58,8 @@ struct Inner {
     /// Batches queued since the backlog was last read: added to it, so a burst between two
     /// reads is seen at once.
     queued_since_read: AtomicU64,
-    /// Held while the backlog is read (one read at a time), with when it was last read.
+    /// Held while the backlog is read (one read at a time), with when it was last read or
+    /// tried.
     backlog_read: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// Wakes the requests waiting past the bound after each read of the backlog.
     backlog_was_read: tokio::sync::Notify,
@@ -127,14 +128,17 @@ impl Ingest {
         // What is queued while the depth is read may or may not be in it: it stays counted
         // (a moment's overcount) rather than be forgotten.
         let queued_before = self.inner.queued_since_read.load(Ordering::Relaxed);
-        match self.inner.queue.depth().await {
+        let depth = self.inner.queue.depth().await;
+        // A failed read counts too: the waiting requests would otherwise try it (and log its
+        // failure) one after another, back to back, while the queue is unreachable.
+        *last_read = Some(tokio::time::Instant::now());
+        match depth {
             Ok(depth) => {
                 let backlog = depth.visible + depth.delayed;
                 self.inner.backlog.store(backlog, Ordering::Relaxed);
                 self.inner
                     .queued_since_read
                     .fetch_sub(queued_before, Ordering::Relaxed);
-                *last_read = Some(tokio::time::Instant::now());
                 self.inner.backlog_was_read.notify_waiters();
                 metrics::gauge!("mpconnect_queue_depth", "queue" => "ingest", "state" => "visible")
                     .set(depth.visible as f64);
@@ -145,8 +149,8 @@ impl Ingest {
         }
     }
 
-    /// Reads the backlog now if no read is under way and the last is older than
-    /// `backlog_recheck`.
+    /// Reads the backlog now if no read is under way and the last (or the last try) is older
+    /// than `backlog_recheck`.
     async fn recheck_backlog(&self) {
         let Ok(mut last_read) = self.inner.backlog_read.try_lock() else {
             return;
