@@ -191,24 +191,23 @@ impl Key {
         // Hashed in one call over the parts laid end to end: the same digest as feeding them
         // to a streaming hasher (so keys already on disk still match), without its 256-byte
         // buffer copied through for every short part.
-        let mut joined = [0u8; 256];
+        // Laid out on the stack; a key over 256 bytes (rare: ids are short) on the heap.
         let len: usize = parts.iter().map(|p| p.len() + 1).sum();
-        let h = if len <= joined.len() {
-            let mut at = 0;
-            for part in parts {
-                joined[at..at + part.len()].copy_from_slice(part.as_bytes());
-                joined[at + part.len()] = 0x1f;
-                at += part.len() + 1;
+        let (mut on_stack, mut on_heap) = ([0u8; 256], Vec::new());
+        let joined: &mut [u8] = match on_stack.get_mut(..len) {
+            Some(room) => room,
+            None => {
+                on_heap.resize(len, 0);
+                &mut on_heap
             }
-            xxhash_rust::xxh3::xxh3_128(&joined[..len])
-        } else {
-            let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
-            for part in parts {
-                hasher.update(part.as_bytes());
-                hasher.update(&[0x1f]);
-            }
-            hasher.digest128()
         };
+        let mut at = 0;
+        for part in parts {
+            joined[at..at + part.len()].copy_from_slice(part.as_bytes());
+            joined[at + part.len()] = 0x1f;
+            at += part.len() + 1;
+        }
+        let h = xxhash_rust::xxh3::xxh3_128(joined);
         Key([h as u64, (h >> 64) as u64])
     }
 
