@@ -50,7 +50,10 @@ impl Default for TransformSettings {
             connections: Vec::new(),
             pollers: 2,
             receive: ReceiveOptions {
-                max_messages: 10,
+                // A round's batches reach the mParticle destination as one call: 20 Events API
+                // batches of a typical ~12 KB fill most of a 256 KB request, where 10 (SQS's cap,
+                // which it applies) sent twice as many half-full requests.
+                max_messages: 20,
                 wait: Duration::from_secs(5),
                 visibility: Duration::from_secs(60),
             },

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use mpconnect_transform::{Rules, Transform};
+use mpconnect_transform::{Rules, Transform, TransformSettings};
 use runtime::queue::{SqsQueue, SqsSettings, sqs_stage_queue};
 use runtime::store::LocalStore;
 use runtime::{AnyStore, Queue, ReceiveOptions, StageQueue};
@@ -313,6 +313,44 @@ async fn a_pass_through_batch_nothing_changes_reaches_delivery_as_sent() {
     let mut full = got[0].clone();
     schema::materialize(&mut full).unwrap();
     assert_eq!(names(&[full]), ["Play", "Pause", "Home"]);
+}
+
+/// By default a round takes two ingest requests' worth of batches (rows of ten on the embedded
+/// queue) and hands them to delivery in one call: one mParticle request of 20 typical batches,
+/// where rounds of ten (SQS's cap) made twice as many half-full ones.
+#[tokio::test]
+async fn a_round_hands_delivery_twenty_batches_in_one_call() {
+    let q = embedded();
+    let peer = Peer::start().await;
+    let defaults = TransformSettings::default();
+    let transform = Transform::new(
+        TransformSettings {
+            receive: ReceiveOptions {
+                max_messages: defaults.receive.max_messages,
+                ..settings(Vec::new()).receive
+            },
+            ..settings(vec![connection("c", "web", &["dest"], Rules::default())])
+        },
+        q.queue.clone(),
+        Some(q.dead_letter.clone()),
+        client(vec![peer.addr]),
+    )
+    .unwrap();
+    for request in 0..3 {
+        let batches = (0..10)
+            .map(|i| pass_through_message("web", &mixed(&format!("r{request}-{i}"))))
+            .collect();
+        q.queue.send(batches).await.unwrap();
+    }
+    assert_eq!(transform.poll_once().await.unwrap(), 20);
+    assert_eq!(peer.recorder.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let ids = peer.recorder.request_ids("dest");
+    let expected: Vec<String> = (0..2)
+        .flat_map(|r| (0..10).map(move |i| format!("r{r}-{i}")))
+        .collect();
+    assert_eq!(ids, expected);
+    assert_eq!(transform.poll_once().await.unwrap(), 10);
+    peer.stop().await;
 }
 
 #[tokio::test]

@@ -1074,7 +1074,7 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Received>, QueueError> {
-        let max = options.max_messages.clamp(1, 10);
+        let max = options.max_messages.clamp(1, super::EMBEDDED_MAX_RECEIVE);
         let visibility_ms = millis(options.visibility);
         let deadline = Instant::now() + options.wait;
         loop {
@@ -1619,6 +1619,35 @@ mod tests {
         queue.ack(&receipts).await.unwrap();
         assert_eq!(queue.depth().await.unwrap(), Depth::default());
         assert_eq!(rows(&path), 0, "the last ack of a row takes the row");
+    }
+
+    /// Unlike SQS (10 at most), one receive takes as many whole rows as fit in what it asks
+    /// for, up to `EMBEDDED_MAX_RECEIVE`, in the order they were sent; a row that does not fit
+    /// after others waits for the next receive.
+    #[tokio::test]
+    async fn a_receive_takes_more_than_ten_across_rows_up_to_its_cap() {
+        use super::super::EMBEDDED_MAX_RECEIVE as CAP;
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(&dir.path().join("q.db"), EmbeddedSync::Normal).unwrap();
+        let queue = db.queue("q");
+        // Rows of ten.
+        let sent = 50 + CAP + 10;
+        queue.send(numbered(sent)).await.unwrap();
+        let mut got = Vec::new();
+        for (ask, expected) in [(30, 0..30), (25, 30..50), (usize::MAX, 50..50 + CAP)] {
+            let some = queue.receive(options(ask)).await.unwrap();
+            assert_eq!(numbers(&some), expected.collect::<Vec<_>>(), "asked for {ask}");
+            got.extend(some);
+        }
+        for m in &got {
+            assert_eq!(m.body, Bytes::from(format!("body {}", m.attributes["n"])));
+        }
+        let rest = receive_all(&queue).await;
+        assert_eq!(numbers(&rest), (50 + CAP..sent).collect::<Vec<_>>());
+        got.extend(rest);
+        let receipts: Vec<Receipt> = got.iter().map(|m| m.receipt.clone()).collect();
+        queue.ack(&receipts).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), Depth::default());
     }
 
     /// A receiver that takes fewer messages than a row holds gets them all, a few at a time,

@@ -77,10 +77,15 @@ impl Received {
     }
 }
 
+/// Most messages one receive of the embedded queue hands out (SQS's cap is 10): a larger round
+/// fills a larger mParticle request.
+pub const EMBEDDED_MAX_RECEIVE: usize = 100;
+
 /// How to receive.
 #[derive(Debug, Clone, Copy)]
 pub struct ReceiveOptions {
-    /// At most this many (1 to 10, as SQS).
+    /// At most this many: SQS hands out 1 to 10 at a time, the embedded queue up to
+    /// [`EMBEDDED_MAX_RECEIVE`].
     pub max_messages: usize,
     /// Long polling: wait up to this long for a first message (SQS caps it at 20 s).
     pub wait: Duration,
