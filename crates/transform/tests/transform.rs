@@ -343,7 +343,12 @@ async fn a_round_hands_delivery_twenty_batches_in_one_call() {
         q.queue.send(batches).await.unwrap();
     }
     assert_eq!(transform.poll_once().await.unwrap(), 20);
-    assert_eq!(peer.recorder.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        peer.recorder
+            .calls
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     let ids = peer.recorder.request_ids("dest");
     let expected: Vec<String> = (0..2)
         .flat_map(|r| (0..10).map(move |i| format!("r{r}-{i}")))

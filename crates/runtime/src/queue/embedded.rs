@@ -1636,7 +1636,11 @@ mod tests {
         let mut got = Vec::new();
         for (ask, expected) in [(30, 0..30), (25, 30..50), (usize::MAX, 50..50 + CAP)] {
             let some = queue.receive(options(ask)).await.unwrap();
-            assert_eq!(numbers(&some), expected.collect::<Vec<_>>(), "asked for {ask}");
+            assert_eq!(
+                numbers(&some),
+                expected.collect::<Vec<_>>(),
+                "asked for {ask}"
+            );
             got.extend(some);
         }
         for m in &got {
