@@ -322,15 +322,10 @@ async fn a_pass_through_batch_nothing_changes_reaches_delivery_as_sent() {
 async fn a_round_hands_delivery_twenty_batches_in_one_call() {
     let q = embedded();
     let peer = Peer::start().await;
-    let defaults = TransformSettings::default();
+    let mut s = settings(vec![connection("c", "web", &["dest"], Rules::default())]);
+    s.receive.max_messages = TransformSettings::default().receive.max_messages;
     let transform = Transform::new(
-        TransformSettings {
-            receive: ReceiveOptions {
-                max_messages: defaults.receive.max_messages,
-                ..settings(Vec::new()).receive
-            },
-            ..settings(vec![connection("c", "web", &["dest"], Rules::default())])
-        },
+        s,
         q.queue.clone(),
         Some(q.dead_letter.clone()),
         client(vec![peer.addr]),
