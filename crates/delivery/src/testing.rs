@@ -89,6 +89,8 @@ pub struct FakeState {
     /// Batches accepted, and their bytes (with `count_only` too).
     pub accepted_batches: std::sync::atomic::AtomicU64,
     pub accepted_bytes: std::sync::atomic::AtomicU64,
+    /// Requests held unanswered (`hang`) so far.
+    pub hung: std::sync::atomic::AtomicUsize,
 }
 
 pub struct FakeMparticle {
@@ -138,6 +140,7 @@ impl FakeMparticle {
             bucket: Mutex::new(None),
             accepted_batches: Default::default(),
             accepted_bytes: Default::default(),
+            hung: Default::default(),
         });
         let app = Router::new()
             .route("/v2/events", post(events))
@@ -185,6 +188,11 @@ impl FakeMparticle {
 
     pub fn violations(&self) -> Vec<String> {
         self.state.violations.lock().unwrap().clone()
+    }
+
+    /// Requests held unanswered (`hang`) so far.
+    pub fn hung(&self) -> usize {
+        self.state.hung.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn requests(&self) -> Vec<LoggedRequest> {
@@ -250,6 +258,9 @@ async fn answer(
                 body.windows(needle.len()).any(|w| w == needle.as_bytes())
             });
     if behaviour.hang || hangs_for_its_batches {
+        state
+            .hung
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         std::future::pending::<()>().await;
     }
     let (status, batches, response) = check(state, &behaviour, headers, body, bytes);
