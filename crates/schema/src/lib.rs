@@ -150,6 +150,13 @@ fn read_batches_with(json: &[u8], skim: bool) -> Option<Vec<ReadBatch<'_>>> {
                         return None;
                     }
                     let (batch, end) = read_at(at)?;
+                    if batches.is_empty() {
+                        // Room for as many batches as the first one's size suggests (a
+                        // bulk request's are alike), up to mParticle's cap: growing one at a
+                        // time moved the batches read so far four times for ten.
+                        let guess = json.len() / (end - at).max(1) + 1;
+                        batches.reserve(guess.min(limits::MAX_BATCHES_PER_REQUEST + 1));
+                    }
                     batches.push(batch);
                     at = skip_space(end);
                     match json.get(at) {

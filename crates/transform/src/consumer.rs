@@ -456,6 +456,7 @@ impl Transform {
             .map(|item| (item.batch.events.len() + MAX_BATCH_KEYS) * item.routes.len())
             .sum();
         let mut in_round = KeySet::with_capacity_and_hasher(keys_in_round, Default::default());
+        let round_len = round.len();
         for (m, item) in round.iter_mut().enumerate() {
             let had_events = !item.batch.events.is_empty();
             // Summed over every route, for the message's span.
@@ -507,12 +508,21 @@ impl Transform {
                         Planned::Send(mut batch, keys) => {
                             let events = batch.batch.as_ref().map_or(0, |b| b.events.len());
                             events_out += events;
-                            let destination = item.routes[r].route.destination.clone();
-                            let call = calls.entry(destination.clone()).or_insert_with(|| Call {
-                                destination,
-                                slots: Vec::new(),
-                                batches: Vec::new(),
-                            });
+                            let destination = &item.routes[r].route.destination;
+                            if !calls.contains_key(destination) {
+                                // Room for the whole round: most rounds make one call.
+                                let call = Call {
+                                    destination: destination.clone(),
+                                    slots: Vec::with_capacity(round_len),
+                                    batches: Vec::with_capacity(round_len),
+                                };
+                                calls.insert(destination.clone(), call);
+                            }
+                            // Inserted just above when missing; were it not, the route would stay
+                            // unanswered and be retried, never lost.
+                            let Some(call) = calls.get_mut(destination) else {
+                                continue;
+                            };
                             batch.key = call.batches.len().to_string();
                             call.slots.push(Slot {
                                 message: m,
