@@ -59,10 +59,14 @@ enum KeysCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, Command::Bench(_)) {
+        // The benchmark's load generator and receiver share one worker thread: two workers
+        // handing their tasks to each other took more of the cores the pipeline under test
+        // needs (measured: README, benchmark).
+        builder.worker_threads(1);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mpconnect: cannot start: {e}");
