@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mpconnect_delivery::file::{FileDriver, FileSettings};
+use mpconnect_delivery::limit::LimitSettings;
 use mpconnect_delivery::mparticle::{MparticleDriver, MparticleSettings};
 use mpconnect_delivery::s3::{S3Driver, S3ExportSettings};
 use mpconnect_delivery::testing::FakeMparticle;
@@ -294,8 +295,8 @@ async fn time_to_deliver(stage: &Stage, destination: &str, round: usize) -> f64 
 /// end only after those gave up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_destination_does_not_slow_another() {
-    // As many as the hanging driver first lets into flight (its concurrency starts at 4).
-    const HANGING_CALLS: usize = 4;
+    // As many as the hanging driver first lets into flight.
+    let hanging_calls_in_flight = LimitSettings::default().initial_concurrency;
     let hang_for = Duration::from_secs(8);
     let healthy = FakeMparticle::start(KEY, SECRET).await;
     healthy.set(|b| b.skip_schema = true);
@@ -313,7 +314,7 @@ async fn a_hanging_destination_does_not_slow_another() {
     .await;
 
     let client = stage.client().await;
-    let hanging_calls: Vec<_> = (0..HANGING_CALLS)
+    let hanging_calls: Vec<_> = (0..hanging_calls_in_flight)
         .map(|n| {
             let batches = (0..20)
                 .map(|i| routed(batch(10, &format!("h-{n}-{i}"), 6)))
@@ -335,7 +336,7 @@ async fn a_hanging_destination_does_not_slow_another() {
     eventually(
         "every hanging call to reach the hanging mParticle",
         Duration::from_secs(5),
-        || hanging.hung() >= HANGING_CALLS,
+        || hanging.hung() >= hanging_calls_in_flight,
     )
     .await;
 
@@ -343,7 +344,7 @@ async fn a_hanging_destination_does_not_slow_another() {
     let still_held = hanging_calls.iter().filter(|c| !c.is_finished()).count();
     eprintln!("healthy: 1,200 batches in {took:.2}s beside {still_held} hanging calls");
     assert_eq!(
-        still_held, HANGING_CALLS,
+        still_held, hanging_calls_in_flight,
         "a hanging call ended (after {hang_for:?}) before the healthy delivery did ({took:.2}s)"
     );
 

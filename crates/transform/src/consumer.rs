@@ -509,20 +509,12 @@ impl Transform {
                             let events = batch.batch.as_ref().map_or(0, |b| b.events.len());
                             events_out += events;
                             let destination = &item.routes[r].route.destination;
-                            if !calls.contains_key(destination) {
-                                // Room for the whole round: most rounds make one call.
-                                let call = Call {
-                                    destination: destination.clone(),
-                                    slots: Vec::with_capacity(round_len),
-                                    batches: Vec::with_capacity(round_len),
-                                };
-                                calls.insert(destination.clone(), call);
-                            }
-                            // Inserted just above when missing; were it not, the route would stay
-                            // unanswered and be retried, never lost.
-                            let Some(call) = calls.get_mut(destination) else {
-                                continue;
-                            };
+                            // Room for the whole round: most rounds make one call.
+                            let call = calls.entry(destination.clone()).or_insert_with(|| Call {
+                                destination: destination.clone(),
+                                slots: Vec::with_capacity(round_len),
+                                batches: Vec::with_capacity(round_len),
+                            });
                             batch.key = call.batches.len().to_string();
                             call.slots.push(Slot {
                                 message: m,
