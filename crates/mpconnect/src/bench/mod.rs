@@ -90,11 +90,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     // The floor first, on one core, while nothing else runs.
-    let floor = {
-        let payload = payload.clone();
-        tokio::task::spawn_blocking(move || floor(&payload, Duration::from_secs(3))).await?
-    };
-    println!("floor: serde_json::Value parse + serialise, 1 core, best of 5: {floor:.0} events/s");
+    let floor = Floor::measure(payload.clone()).await?;
+    println!(
+        "floor: serde_json::Value parse + serialise, 1 core, best of 5: {:.0} events/s",
+        floor.here
+    );
+    match floor.plain {
+        Some(plain) => println!(
+            "  as a plain program on the system allocator (mpconnect-floor): {plain:.0} events/s"
+        ),
+        None => println!(
+            "  as a plain program: not measured (mpconnect-floor beside this binary: `scripts/bench` builds it)"
+        ),
+    }
 
     let plain = pass(&args, payload.clone(), floor, None).await?;
     if args.tracing {
@@ -115,7 +123,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 async fn pass(
     args: &Args,
     payload: Arc<Payload>,
-    floor: f64,
+    floor: Floor,
     otlp_endpoint: Option<&str>,
 ) -> anyhow::Result<f64> {
     let dir = tempfile::Builder::new()
@@ -222,7 +230,7 @@ async fn drive(
     receiver: &Arc<Receiver>,
     ingest_addr: &str,
     pids: &[u32],
-    floor: f64,
+    floor: Floor,
     what: &str,
 ) -> anyhow::Result<f64> {
     let health = format!("http://{ingest_addr}/healthz");
@@ -294,11 +302,13 @@ async fn drive(
     // The floor again, now the load is over: the machine's pace drifts within a run, and the
     // higher of the two is the one compared with (the harder bar).
     let floor_before = floor;
-    let floor_after = {
-        let payload = payload.clone();
-        tokio::task::spawn_blocking(move || self::floor(&payload, Duration::from_secs(3))).await?
-    };
-    let floor = floor_before.max(floor_after);
+    let floor_after = Floor::measure(payload.clone()).await?;
+    let floor = floor_before.here.max(floor_after.here);
+    let plain_floor = floor_before
+        .plain
+        .into_iter()
+        .chain(floor_after.plain)
+        .reduce(f64::max);
 
     let rc = &receiver.counts;
     let delivered = rc.events.load(Ordering::Relaxed);
@@ -366,9 +376,20 @@ async fn drive(
         overall
     );
     println!(
-        "  floor (1 core)               {:>10.0} events/s   (before the load {floor_before:.0}, after it {floor_after:.0}: the higher)",
-        floor
+        "  floor (1 core)               {:>10.0} events/s   (before the load {:.0}, after it {:.0}: the higher)",
+        floor, floor_before.here, floor_after.here
     );
+    // The floor as issue #14 first measured it: a plain program, so glibc's allocator, not the
+    // mimalloc this process (and the floor above) runs on. Shown beside, not compared with.
+    if let Some(plain) = plain_floor {
+        println!(
+            "  floor, plain program         {:>10.0} events/s   (system allocator; before the load {}, after it {}: the higher; delivered {:.2}x of it)",
+            plain,
+            floor_before.plain.map_or("-".into(), |f| format!("{f:.0}")),
+            floor_after.plain.map_or("-".into(), |f| format!("{f:.0}")),
+            sustained_delivered / plain
+        );
+    }
     println!(
         "  requests: 202 {}  429 {}  503 {}  other {}  errors {}",
         counts.accepted_requests.load(Ordering::Relaxed),
@@ -423,27 +444,54 @@ async fn drive(
     Ok(sustained_delivered)
 }
 
-/// Events per second that `serde_json::Value` parses and serialises again, on one core: the
-/// best of several slices, as the least disturbed by anything else on the machine.
-fn floor(payload: &Payload, for_at_least: Duration) -> f64 {
-    let bodies: Vec<Vec<u8>> = (0..16).map(|_| payload.body()).collect();
-    let slices = 5;
-    let mut best = 0f64;
-    let mut bytes = 0usize;
-    for _ in 0..slices {
-        let started = Instant::now();
-        let mut events = 0usize;
-        while started.elapsed() < for_at_least / slices {
-            for body in &bodies {
-                let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-                bytes += serde_json::to_vec(&value).map_or(0, |v| v.len());
-                events += payload.events;
-            }
-        }
-        best = best.max(events as f64 / started.elapsed().as_secs_f64());
+/// The floor: `serde_json::Value` parse + serialise of the payload's bodies on one core,
+/// measured in this process (mimalloc, as `mpconnect all` runs: the floor compared with) and,
+/// when `mpconnect-floor` sits beside this binary, as a plain program on the system allocator.
+#[derive(Clone, Copy)]
+struct Floor {
+    here: f64,
+    plain: Option<f64>,
+}
+
+impl Floor {
+    const FOR_AT_LEAST: Duration = Duration::from_secs(3);
+
+    async fn measure(payload: Arc<Payload>) -> anyhow::Result<Floor> {
+        Ok(tokio::task::spawn_blocking(move || {
+            let bodies: Vec<Vec<u8>> = (0..16).map(|_| payload.body()).collect();
+            let here = floor::events_per_second(&bodies, payload.events, Self::FOR_AT_LEAST);
+            let plain = plain_floor(&bodies, payload.events)
+                .inspect_err(|e| eprintln!("floor as a plain program: {e:#}"))
+                .ok()
+                .flatten();
+            Floor { here, plain }
+        })
+        .await?)
     }
-    std::hint::black_box(bytes);
-    best
+}
+
+/// `mpconnect-floor` on the same bodies; `None` when it is not beside this binary.
+fn plain_floor(bodies: &[Vec<u8>], events: usize) -> anyhow::Result<Option<f64>> {
+    let program = std::env::current_exe()?.with_file_name("mpconnect-floor");
+    if !program.is_file() {
+        return Ok(None);
+    }
+    let mut file = tempfile::NamedTempFile::new()?;
+    std::io::Write::write_all(&mut file, &floor::write_bodies(bodies))?;
+    let out = std::process::Command::new(&program)
+        .arg(file.path())
+        .arg(events.to_string())
+        .arg(Floor::FOR_AT_LEAST.as_secs_f64().to_string())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} {}: {}",
+        program.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let rate = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>()?;
+    Ok(Some(rate))
 }
 
 fn basic(key: &str, secret: &str) -> String {
