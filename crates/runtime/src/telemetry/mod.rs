@@ -5,6 +5,7 @@ mod process;
 mod trace;
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -33,10 +34,32 @@ pub fn metrics() -> &'static PrometheusHandle {
             .unwrap_or_else(|_| PrometheusBuilder::new())
             .build_recorder();
         let handle = recorder.handle();
+        spawn_upkeep(handle.clone(), UPKEEP_EVERY);
         // Another recorder installed first (a test harness): keep rendering ours, empty.
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// How often recorded latencies are folded into their histograms' buckets.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds the recorder's histogram samples into their buckets every `every`. The recorder
+/// keeps each latency recorded (16 bytes and more) until that is done, and without this only a
+/// scrape of `/metrics` did it: a process nobody scraped grew for as long as it ran (~0.1 MB a
+/// second at the benchmark's load, peak RSS 152 MB after 150 s).
+pub fn spawn_upkeep(handle: PrometheusHandle, every: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread; latencies are kept until /metrics is scraped");
+    }
 }
 
 /// The `Content-Type` of [`render_metrics`]: Prometheus's text exposition format.
