@@ -7,17 +7,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("a VmRSS line");
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS in kB");
-    kb * 1024
+    mpconnect_runtime::telemetry::resident_bytes().expect("VmRSS from /proc/self/status")
 }
 
 #[test]

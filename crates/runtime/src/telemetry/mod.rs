@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+pub use process::resident_bytes;
 pub use trace::{
     SPAN_TARGET, Tracing, TracingError, TracingSettings, context_of, continue_from,
     continue_from_many, enabled, queue_wait,
@@ -42,7 +43,7 @@ pub fn metrics() -> &'static PrometheusHandle {
 }
 
 /// How often recorded latencies are folded into their histograms' buckets.
-pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Folds the recorder's histogram samples into their buckets every `every`. The recorder
 /// keeps each latency recorded (16 bytes and more) until that is done, and without this only a

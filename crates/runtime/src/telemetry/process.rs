@@ -87,7 +87,7 @@ fn ticks_per_second() -> f64 {
 }
 
 /// VmRSS from `/proc/self/status`, in bytes (kB there, whatever the page size).
-fn resident_bytes() -> Option<u64> {
+pub fn resident_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line[6..]
