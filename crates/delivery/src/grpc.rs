@@ -11,7 +11,6 @@ use runtime::telemetry::{self, TraceContext};
 use schema::v1::delivery_service_server::{DeliveryService, DeliveryServiceServer};
 use schema::v1::{DeliverRequest, DeliverResponse};
 use tonic::{Request, Response, Status};
-use tracing::Instrument as _;
 
 use crate::destination::{DeliverError, Destination, DestinationState};
 
@@ -153,16 +152,16 @@ impl DeliveryService for Delivery {
             header(runtime::envelope::header::TRACESTATE),
         );
         let request = request.into_inner();
-        let span = runtime::pipeline_span!(
+        let _span = runtime::pipeline_span!(
             runtime::envelope::DELIVER_RPC,
-            otel.kind = "server",
-            mpconnect.stage = "delivery",
-            rpc.system = "grpc",
-            destination = request.destination.as_str(),
-            batches = request.batches.len() as i64,
+            Server,
+            parent: caller.as_ref(),
+            "mpconnect.stage" = "delivery",
+            "rpc.system" = "grpc",
+            "destination" = request.destination.clone(),
+            "batches" = request.batches.len() as i64,
         );
-        telemetry::continue_from(&span, caller.as_ref());
-        self.deliver_traced(request).instrument(span).await
+        self.deliver_traced(request).await
     }
 }
 

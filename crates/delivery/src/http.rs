@@ -5,11 +5,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
-use tracing::Instrument as _;
 
 use crate::driver::{Answer, retry_after, short};
 use crate::limit::{LimitSettings, Limiter, Permit, Refused, Signal};
-use runtime::telemetry;
+use runtime::telemetry::PipelineSpan;
 
 /// How long one HTTP request gets unless configured (mParticle and webhooks alike).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,24 +102,22 @@ impl Poster {
         traces: &[&str],
         deadline: Instant,
     ) -> Answer {
-        let span = runtime::pipeline_span!(
+        let mut span = runtime::pipeline_span!(
             "destination call",
-            otel.kind = "client",
-            mpconnect.stage = "delivery",
-            destination = self.destination.as_str(),
-            batches = traces.len() as i64,
-            bytes = body.len() as i64,
-            status = tracing::field::Empty,
-            outcome = tracing::field::Empty,
+            Client,
+            linked: traces.iter().map(|t| (*t, "")),
+            "mpconnect.stage" = "delivery",
+            "destination" = self.destination.clone(),
+            "batches" = traces.len() as i64,
+            "bytes" = body.len() as i64,
         );
-        telemetry::continue_from_many(&span, traces.iter().map(|t| (*t, "")));
-        let traceparent = telemetry::context_of(&span)
+        let traceparent = span
+            .context()
             .map(|t| t.traceparent)
             .or_else(|| traces.first().map(|t| (*t).to_owned()))
             .unwrap_or_default();
         let answer = self
-            .post_traced(url, body, traces.len(), &traceparent, deadline)
-            .instrument(span.clone())
+            .post_traced(url, body, traces.len(), &traceparent, deadline, &mut span)
             .await;
         span.record(
             "outcome",
@@ -141,6 +138,7 @@ impl Poster {
         batches: usize,
         traceparent: &str,
         deadline: Instant,
+        span: &mut PipelineSpan,
     ) -> Answer {
         let who = self.who;
         // A request needs room to be answered: one sent just before the deadline would be cut
@@ -186,7 +184,7 @@ impl Poster {
         if !traceparent.is_empty() {
             request = request.header(runtime::envelope::header::TRACEPARENT, traceparent);
         }
-        self.send(request, permit).await
+        self.send(request, permit, span).await
     }
 
     /// Sends and sorts the answer: 2xx delivered; 401/403 our credentials; 429 slow down and
@@ -194,14 +192,18 @@ impl Poster {
     /// temporary too (the destination is misconfigured, not the data wrong: parked, and
     /// dead-lettered with the answer only past the retry window); any other status a refusal
     /// of the data.
-    async fn send(&self, request: reqwest::RequestBuilder, permit: Permit) -> Answer {
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        permit: Permit,
+        span: &mut PipelineSpan,
+    ) -> Answer {
         let limiter = &self.limiter;
         let started = Instant::now();
         let (answer, label) = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                // On the destination call's span (see `post_json`).
-                tracing::Span::current().record("status", i64::from(status));
+                span.record("status", i64::from(status));
                 let headers = response.headers().clone();
                 let body = response.bytes().await.unwrap_or_default();
                 let detail = format!("{} answered {status}: {}", self.who, short(&body));

@@ -58,11 +58,6 @@ pub fn init_logs(
         .unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    // Pipeline spans are for the trace exporter; in logs they would only add noise and cost.
-    let filter = match format!("{}=off", runtime::telemetry::SPAN_TARGET).parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    };
     let json = match format.as_str() {
         "json" => true,
         "text" => false,
@@ -93,19 +88,6 @@ pub fn init_logs(
         }
         None => None,
     };
-    match installed {
-        Some((tracing, layer)) => {
-            let spans = tracing_subscriber::filter::Targets::new()
-                .with_target(runtime::telemetry::SPAN_TARGET, tracing::Level::INFO);
-            tracing_subscriber::registry()
-                .with(logs)
-                .with(layer.with_filter(spans))
-                .init();
-            Some(tracing)
-        }
-        None => {
-            tracing_subscriber::registry().with(logs).init();
-            None
-        }
-    }
+    tracing_subscriber::registry().with(logs).init();
+    installed
 }

@@ -12,7 +12,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runtime::telemetry;
 use schema::v1::delivery_service_client::DeliveryServiceClient;
 use schema::v1::delivery_service_server::DeliveryService;
 use schema::v1::{BatchOutcome, DeliverRequest, RoutedBatch};
@@ -20,7 +19,6 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 use tonic::transport::channel::Change;
-use tracing::Instrument as _;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the delivery endpoint {0:?} is not host:port")]
@@ -157,24 +155,21 @@ impl DeliveryClient {
         // in the call's metadata.
         let span = runtime::pipeline_span!(
             runtime::envelope::DELIVER_RPC,
-            otel.kind = "client",
-            mpconnect.stage = "transform",
-            rpc.system = "grpc",
-            destination,
-            batches = batches.len() as i64,
-        );
-        telemetry::continue_from_many(
-            &span,
-            batches
+            Client,
+            linked: batches
                 .iter()
                 .map(|b| (b.traceparent.as_str(), b.tracestate.as_str())),
+            "mpconnect.stage" = "transform",
+            "rpc.system" = "grpc",
+            "destination" = destination.to_owned(),
+            "batches" = batches.len() as i64,
         );
         let mut request = tonic::Request::new(DeliverRequest {
             destination: destination.to_owned(),
             batches,
         });
         request.set_timeout(self.deadline);
-        if let Some(context) = telemetry::context_of(&span) {
+        if let Some(context) = span.context() {
             let metadata = request.metadata_mut();
             if let Ok(value) = context.traceparent.parse() {
                 metadata.insert(runtime::envelope::header::TRACEPARENT, value);
@@ -188,8 +183,7 @@ impl DeliveryClient {
                 Transport::Grpc(client) => client.clone().deliver(request).await,
                 Transport::InProcess(service) => service.deliver(request).await,
             }
-        }
-        .instrument(span);
+        };
         match tokio::time::timeout(self.deadline, call).await {
             Ok(Ok(response)) => Ok(response.into_inner().outcomes),
             Ok(Err(status)) => Err(match status.code() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use runtime::envelope::{self, IngestEnvelope, RouteKey};
 use runtime::queue::Heartbeat;
-use runtime::telemetry::{self, TraceContext};
+use runtime::telemetry::{self, PipelineSpan, TraceContext};
 use runtime::{Message, Queue, QueueError, ReceiveOptions, Received, StageQueue};
 use schema::v1::{Batch, Outcome, RoutedBatch};
 
@@ -197,7 +197,7 @@ struct InRound {
     envelope: IngestEnvelope,
     /// The message's span, and the context its routed batches carry on (`None` when tracing
     /// is off: they carry the envelope's).
-    span: tracing::Span,
+    span: PipelineSpan,
     trace: Option<TraceContext>,
     /// Taken by the plan.
     batch: Batch,
@@ -408,7 +408,7 @@ impl Transform {
         let mut round = Vec::with_capacity(messages.len());
         for message in messages {
             let envelope = IngestEnvelope::from_attributes(&message.attributes);
-            let (span, trace) = message_span(&message, envelope.as_ref().ok());
+            let (mut span, trace) = message_span(&message, envelope.as_ref().ok());
             let read = envelope
                 .map_err(|e| e.to_string())
                 .and_then(|envelope| Ok((self.route(&message, &envelope)?, envelope)));
@@ -684,7 +684,7 @@ impl Transform {
     /// call), dead-lettered for its refused routes, re-queued owing the rest.
     async fn settle(&self, round: Vec<InRound>) {
         let mut done = Vec::with_capacity(round.len());
-        for item in round {
+        for mut item in round {
             let mut failed = Vec::new();
             let mut refused = Vec::new();
             let mut refused_routes = Vec::new();
@@ -937,9 +937,9 @@ impl Transform {
 fn message_span(
     message: &Received,
     envelope: Option<&IngestEnvelope>,
-) -> (tracing::Span, Option<TraceContext>) {
+) -> (PipelineSpan, Option<TraceContext>) {
     if !telemetry::enabled() {
-        return (tracing::Span::none(), None);
+        return (PipelineSpan::none(), None);
     }
     let parent = envelope.and_then(|e| {
         TraceContext::continue_from(e.traceparent.as_deref(), e.tracestate.as_deref())
@@ -956,18 +956,14 @@ fn message_span(
     }
     let span = runtime::pipeline_span!(
         "transform",
-        otel.kind = "consumer",
-        mpconnect.stage = "transform",
-        source = envelope.map(|e| e.source.as_str()).unwrap_or_default(),
-        message_id = message.message_id.as_str(),
-        receive_count = i64::from(message.receive_count),
-        events_in = tracing::field::Empty,
-        events_out = tracing::field::Empty,
-        destinations = tracing::field::Empty,
-        outcome = tracing::field::Empty,
+        Consumer,
+        parent: parent.as_ref(),
+        "mpconnect.stage" = "transform",
+        "source" = envelope.map(|e| e.source.clone()).unwrap_or_default(),
+        "message_id" = message.message_id.clone(),
+        "receive_count" = i64::from(message.receive_count),
     );
-    telemetry::continue_from(&span, parent.as_ref());
-    let trace = telemetry::context_of(&span);
+    let trace = span.context();
     (span, trace)
 }
 

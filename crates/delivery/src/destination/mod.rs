@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runtime::telemetry::{self, TraceContext};
+use runtime::telemetry::{self, PipelineSpan, TraceContext};
 use runtime::{Queue, QueueError, StageQueue};
 use schema::v1::{BatchOutcome, Outcome, RoutedBatch};
 
@@ -117,7 +117,7 @@ impl Destination {
         mut batches: Vec<RoutedBatch>,
     ) -> Result<Vec<BatchOutcome>, DeliverError> {
         let now_ms = runtime::now_ms();
-        let spans = self.batch_spans(&mut batches, |_| 1);
+        let mut spans = self.batch_spans(&mut batches, |_| 1);
         let answers = match self.state() {
             DestinationState::Healthy => self.attempt(&batches).await,
             DestinationState::BackingOff { because, .. }
@@ -164,7 +164,7 @@ impl Destination {
             ));
         }
         self.count(&settled, &batches, Round::First);
-        record_outcomes(&spans, &settled);
+        record_outcomes(&mut spans, &settled);
         Ok(outcomes)
     }
 
@@ -174,7 +174,7 @@ impl Destination {
         &self,
         batches: &mut [RoutedBatch],
         attempt: impl Fn(usize) -> u32,
-    ) -> Vec<tracing::Span> {
+    ) -> Vec<PipelineSpan> {
         if !telemetry::enabled() {
             return Vec::new();
         }
@@ -182,24 +182,22 @@ impl Destination {
             .iter_mut()
             .enumerate()
             .map(|(i, batch)| {
-                let span = runtime::pipeline_span!(
-                    "deliver",
-                    otel.kind = "server",
-                    mpconnect.stage = "delivery",
-                    destination = self.id(),
-                    connection = batch.connection.as_str(),
-                    source = batch.source.as_str(),
-                    events = batch.batch.as_ref().map_or(0, |b| b.events.len() as i64),
-                    retry_attempt = i64::from(attempt(i)),
-                    outcome = tracing::field::Empty,
-                    status = tracing::field::Empty,
-                );
                 let parent = TraceContext::continue_from(
                     Some(batch.traceparent.as_str()),
                     Some(batch.tracestate.as_str()),
                 );
-                telemetry::continue_from(&span, parent.as_ref());
-                if let Some(own) = telemetry::context_of(&span) {
+                let span = runtime::pipeline_span!(
+                    "deliver",
+                    Server,
+                    parent: parent.as_ref(),
+                    "mpconnect.stage" = "delivery",
+                    "destination" = self.id().to_owned(),
+                    "connection" = batch.connection.clone(),
+                    "source" = batch.source.clone(),
+                    "events" = batch.batch.as_ref().map_or(0, |b| b.events.len() as i64),
+                    "retry_attempt" = i64::from(attempt(i)),
+                );
+                if let Some(own) = span.context() {
                     batch.traceparent = own.traceparent;
                 }
                 span

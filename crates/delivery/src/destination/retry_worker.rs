@@ -143,7 +143,7 @@ impl Destination {
                 }
             }
         }
-        let spans = self.batch_spans(&mut batches, |i| histories[i].0 + 1);
+        let mut spans = self.batch_spans(&mut batches, |i| histories[i].0 + 1);
         let answers = self.attempt(&batches).await;
         metrics::counter!("mpconnect_delivery_retries_total", "destination" => self.id().to_owned())
             .increment(batches.len() as u64);
@@ -166,7 +166,7 @@ impl Destination {
             self.retry_queue.ack(&done).await?;
         }
         self.count(&settled, &batches, Round::Retry);
-        record_outcomes(&spans, &settled);
+        record_outcomes(&mut spans, &settled);
         Ok(received.len())
     }
 }

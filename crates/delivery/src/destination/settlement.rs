@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use runtime::telemetry::PipelineSpan;
 use schema::v1::RoutedBatch;
 
 use super::Destination;
@@ -20,11 +21,11 @@ pub(super) struct Settled {
 }
 
 /// Ends each batch's span with where it went and the destination's status.
-pub(super) fn record_outcomes(spans: &[tracing::Span], settled: &Settled) {
+pub(super) fn record_outcomes(spans: &mut [PipelineSpan], settled: &Settled) {
     if spans.is_empty() {
         return;
     }
-    let end = |i: usize, outcome: &str, answer: &Answer| {
+    let mut end = |i: usize, outcome: &'static str, answer: &Answer| {
         spans[i].record("outcome", outcome);
         if let Some(status) = answer.status() {
             spans[i].record("status", i64::from(status));

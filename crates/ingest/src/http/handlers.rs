@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prost::Message as _;
 use runtime::envelope::{self, IngestEnvelope, content_type};
-use runtime::telemetry::{self, TraceContext};
+use runtime::telemetry::TraceContext;
 use runtime::{Message, Queue, now_ms};
 use serde_json::value::RawValue;
 
@@ -188,16 +188,16 @@ async fn accept(
                 events += batch.events.len();
                 let span = runtime::pipeline_span!(
                     "ingest",
-                    otel.kind = "server",
-                    mpconnect.stage = "ingest",
-                    source = source.id.as_str(),
-                    endpoint = door.name(),
-                    events = batch.events.len() as i64,
-                    bytes = json.len() as i64,
-                    outcome = tracing::field::Empty,
+                    Server,
+                    parent: caller.as_ref(),
+                    "mpconnect.stage" = "ingest",
+                    "source" = source.id.clone(),
+                    "endpoint" = door.name(),
+                    "events" = batch.events.len() as i64,
+                    "bytes" = json.len() as i64,
                 );
-                telemetry::continue_from(&span, caller.as_ref());
-                let trace = telemetry::context_of(&span)
+                let trace = span
+                    .context()
                     .map(|mut own| {
                         // The caller's vendor state travels on; only the parent id is ours.
                         own.tracestate = caller.as_ref().and_then(|c| c.tracestate.clone());
@@ -237,13 +237,13 @@ async fn accept(
     let count = accepted.len();
     if let Err(e) = ingest.inner.queue.send(accepted).await {
         tracing::error!(source = source.id, error = %e, "the ingest queue did not take a request");
-        for span in &spans {
+        for span in &mut spans {
             span.record("outcome", "refused: queue unavailable");
         }
         return Err(ApiError::unavailable(ingest.retry_after()));
     }
     ingest.queued(count);
-    for span in &spans {
+    for span in &mut spans {
         span.record("outcome", "queued");
     }
     drop(spans);

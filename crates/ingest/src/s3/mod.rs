@@ -22,7 +22,7 @@ use prost::Message as _;
 use runtime::envelope::{self, IngestEnvelope, S3Origin, content_type};
 use runtime::queue::Heartbeat;
 use runtime::store::S3Store;
-use runtime::telemetry::{self, TraceContext};
+use runtime::telemetry::TraceContext;
 use runtime::{
     AnyQueue, Message, ObjectStore, Queue, QueueError, ReceiveOptions, Received, StageQueue,
     StoreError, now_ms,
@@ -293,17 +293,15 @@ impl S3Source {
         let settings = &self.inner.settings;
         let location = format!("s3://{}/{}", object.bucket, object.key);
         // One trace per object; each batch (line) is a span in it.
-        let object_span = runtime::pipeline_span!(
+        let mut object_span = runtime::pipeline_span!(
             "s3 object",
-            otel.kind = "consumer",
-            mpconnect.stage = "ingest",
-            source = settings.source_id.as_str(),
-            object = location.as_str(),
-            lines = tracing::field::Empty,
-            batches = tracing::field::Empty,
-            bad_lines = tracing::field::Empty,
+            Consumer,
+            parent: None,
+            "mpconnect.stage" = "ingest",
+            "source" = settings.source_id.clone(),
+            "object" = location.clone(),
         );
-        let trace = telemetry::context_of(&object_span).unwrap_or_else(TraceContext::start);
+        let trace = object_span.context().unwrap_or_else(TraceContext::start);
         let etag = object.etag.clone().unwrap_or_default();
         let now = now_ms();
 
@@ -335,18 +333,20 @@ impl S3Source {
             };
             let batch_span = runtime::pipeline_span!(
                 "ingest",
-                mpconnect.stage = "ingest",
-                source = settings.source_id.as_str(),
-                line = number as i64,
-                bytes = text.len() as i64,
-                outcome = if checked.is_ok() {
+                Internal,
+                parent: Some(&trace),
+                "mpconnect.stage" = "ingest",
+                "source" = settings.source_id.clone(),
+                "line" = number as i64,
+                "bytes" = text.len() as i64,
+                "outcome" = if checked.is_ok() {
                     "queued"
                 } else {
                     "dead_lettered"
                 },
             );
-            telemetry::continue_from(&batch_span, Some(&trace));
-            let traceparent = telemetry::context_of(&batch_span)
+            let traceparent = batch_span
+                .context()
                 .map(|t| t.traceparent)
                 .unwrap_or_else(|| child_span(&trace));
             let envelope_for = |content_type: &str| IngestEnvelope {

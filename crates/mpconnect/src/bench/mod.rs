@@ -50,6 +50,10 @@ pub struct Args {
     /// print what tracing costs.
     #[arg(long)]
     tracing: bool,
+    /// With --tracing: pairs of passes, without and with tracing, taken in turn. The machine's
+    /// pace drifts over minutes, so one pair says little; the median of several says more.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// The distributed variant: ingest, transform and delivery as three processes on SQS and
     /// S3 at this endpoint (moto, LocalStack) instead of `mpconnect all` on the embedded queue.
     #[arg(long)]
@@ -63,6 +67,15 @@ pub struct Args {
     /// Keep the data directory and logs (printed at the end).
     #[arg(long)]
     keep: bool,
+}
+
+/// What a pass delivered: events a second in the sustained window, batches in all, and
+/// mpconnect's CPU seconds per 100k events.
+#[derive(Clone, Copy)]
+struct Delivered {
+    sustained: f64,
+    batches: u64,
+    cpu_per_100k: f64,
 }
 
 /// One reading of the mpconnect process and the counters.
@@ -104,16 +117,46 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
     }
 
-    let plain = pass(&args, payload.clone(), floor, None).await?;
+    let untraced = pass(&args, payload.clone(), floor, None).await?;
     if args.tracing {
         let sink = Arc::new(otlp_sink::OtlpSink::default());
         let endpoint = otlp_sink::start(sink.clone()).await?;
-        let traced = pass(&args, payload, floor, Some(&endpoint)).await?;
-        let spans = sink.spans.load(Ordering::Relaxed);
+        let mut rounds = Vec::with_capacity(args.rounds.max(1));
+        for round in 0..args.rounds.max(1) {
+            let without = if round == 0 {
+                untraced
+            } else {
+                pass(&args, payload.clone(), floor, None).await?
+            };
+            let spans_before = sink.spans.load(Ordering::Relaxed);
+            let with = pass(&args, payload.clone(), floor, Some(&endpoint)).await?;
+            let spans = sink.spans.load(Ordering::Relaxed) - spans_before;
+            rounds.push((without, with, spans));
+        }
         println!();
         println!(
-            "tracing on (OTLP to a counting sink, default sampling): {traced:.0} against {plain:.0} events/s delivered, {:.1}% less; {spans} spans received",
-            (1.0 - traced / plain.max(1e-9)) * 100.0
+            "tracing on (OTLP to a counting sink, default sampling), each round a pass without and one with:"
+        );
+        let mut fewer = Vec::with_capacity(rounds.len());
+        for (i, (without, with, spans)) in rounds.iter().enumerate() {
+            let less = (1.0 - with.sustained / without.sustained.max(1e-9)) * 100.0;
+            fewer.push(less);
+            // A batch's trace has an ingest, a queue wait, a transform and a deliver span,
+            // and shares call spans: fewer than four a batch means the exporter dropped some.
+            println!(
+                "  round {}: {:.0} against {:.0} events/s delivered, {less:.1}% less; CPU {:.2} against {:.2} s per 100k events; {spans} spans received, {:.1} a batch (a complete trace has at least 4)",
+                i + 1,
+                with.sustained,
+                without.sustained,
+                with.cpu_per_100k,
+                without.cpu_per_100k,
+                *spans as f64 / with.batches.max(1) as f64
+            );
+        }
+        fewer.sort_by(f64::total_cmp);
+        println!(
+            "  median: {:.1}% fewer events delivered with tracing on",
+            fewer[fewer.len() / 2]
         );
     }
     Ok(())
@@ -125,7 +168,7 @@ async fn pass(
     payload: Arc<Payload>,
     floor: Floor,
     otlp_endpoint: Option<&str>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Delivered> {
     let dir = tempfile::Builder::new()
         .prefix("mpconnect-bench-")
         .tempdir()?;
@@ -232,7 +275,7 @@ async fn drive(
     pids: &[u32],
     floor: Floor,
     what: &str,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Delivered> {
     let health = format!("http://{ingest_addr}/healthz");
     let client = reqwest::Client::new();
     let ready_by = Instant::now() + Duration::from_secs(30);
@@ -419,10 +462,9 @@ async fn drive(
         rc.over_limits.load(Ordering::Relaxed),
         rc.unauthorized.load(Ordering::Relaxed)
     );
+    let cpu_per_100k = cpu_secs / (delivered.max(1) as f64) * 100_000.0;
     println!(
-        "  mpconnect CPU: {:.2} s per 100k events delivered ({:.1} s in all)",
-        cpu_secs / (delivered.max(1) as f64) * 100_000.0,
-        cpu_secs
+        "  mpconnect CPU: {cpu_per_100k:.2} s per 100k events delivered ({cpu_secs:.1} s in all)"
     );
     println!(
         "  sustained window: machine {:.0}% busy of {cores} cores; mpconnect used {:.2} cores",
@@ -441,7 +483,11 @@ async fn drive(
         peak_rss_kb as f64 / 1024.0,
         steady_rss as f64 / 1024.0
     );
-    Ok(sustained_delivered)
+    Ok(Delivered {
+        sustained: sustained_delivered,
+        batches: rc.batches.load(Ordering::Relaxed),
+        cpu_per_100k,
+    })
 }
 
 /// The floor: `serde_json::Value` parse + serialise of the payload's bodies on one core,

@@ -11,12 +11,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub use process::resident_bytes;
 pub use trace::{
-    SPAN_TARGET, Tracing, TracingError, TracingSettings, context_of, continue_from,
-    continue_from_many, enabled, queue_wait,
+    KeyValue, PipelineSpan, SpanKind, Tracing, TracingError, TracingSettings, enabled, queue_wait,
 };
-/// For [`crate::pipeline_span!`], so stage crates need no `tracing` of a particular version.
-#[doc(hidden)]
-pub use tracing;
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -118,15 +114,7 @@ impl TraceContext {
 }
 
 fn is_valid_traceparent(t: &str) -> bool {
-    let parts: Vec<&str> = t.split('-').collect();
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    parts.len() == 4
-        && parts[0] == "00"
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1].bytes().any(|b| b != b'0')
-        && parts[2].bytes().any(|b| b != b'0')
+    trace::parse_traceparent(t).is_some()
 }
 
 #[cfg(test)]
