@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+/// A caller's trace it chose not to sample (flags 00).
+const UNSAMPLED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const EMAIL: &str = "jane.doe@example.com";
 const CUSTOMER_ID: &str = "cust-known-4242";
 const IP: &str = "203.0.113.77";
@@ -99,6 +101,7 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=known%20run"),
         (
             "RUST_LOG",
             "info,mpconnect=debug,mpconnect_ingest=debug,mpconnect_transform=debug,\
@@ -138,6 +141,19 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
     // Delivered alone, so its trace holds one delivery attempt.
     arrived(&stack, "traced-1").await;
 
+    // One in a trace its caller did not sample: no span of it is exported, and its context
+    // still travels on, unsampled, to the destination.
+    let answer = post("/v2/events", &batch("unsampled-1"))
+        .header(
+            "traceparent",
+            format!("00-{UNSAMPLED_TRACE}-{CALLER_SPAN}-00"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    arrived(&stack, "unsampled-1").await;
+
     // Three bulk requests of three good batches and one mParticle will refuse; the first also
     // carries a batch our ingest refuses (kept in its dead-letter queue, the rest accepted).
     let mut good = BTreeSet::new();
@@ -155,6 +171,7 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
         assert_eq!(answer.status(), 202);
     }
     good.insert("traced-1".to_owned());
+    good.insert("unsampled-1".to_owned());
     good.insert("warm-up".to_owned());
     // A request with nothing usable, and one with a wrong secret.
     let answer = post("/v2/events", &json!({"events": 5}))
@@ -212,7 +229,7 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
             &[("status", status)],
         )
     };
-    assert_eq!(requests("202"), 5.0);
+    assert_eq!(requests("202"), 6.0);
     assert_eq!(requests("400"), 1.0);
     assert_eq!(requests("403"), 1.0);
     let web = ("source", "web");
@@ -223,12 +240,12 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
             &[web, ("outcome", outcome)],
         )
     };
-    assert_eq!(ingested("queued"), 14.0);
+    assert_eq!(ingested("queued"), 15.0);
     assert_eq!(ingested("dead_lettered"), 1.0);
     assert_eq!(ingested("invalid"), 1.0);
     assert_eq!(
         metric(ingest, "mpconnect_ingest_events_total", &[web]),
-        28.0
+        30.0
     );
     let transformed = |outcome| {
         metric(
@@ -247,7 +264,7 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
     // At least once: a message received again (a retried send, a late answer) is processed
     // again and counted again; every message received ends once per receive.
     let received = messages("received");
-    assert!(received >= 14.0, "{transform}");
+    assert!(received >= 15.0, "{transform}");
     assert_eq!(
         messages("answered") + messages("dead_lettered") + messages("retried"),
         received,
@@ -267,9 +284,9 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
             &[mp, ("outcome", outcome)],
         )
     };
-    // Delivered: what the destination accepted (11 distinct batches, a repeat counted again).
+    // Delivered: what the destination accepted (12 distinct batches, a repeat counted again).
     let accepted_batches = stack.fake.accepted().len() as f64;
-    assert!(accepted_batches >= 11.0);
+    assert!(accepted_batches >= 12.0);
     assert_eq!(delivered("delivered"), accepted_batches);
     assert_eq!(
         metric(
@@ -368,6 +385,10 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
     );
     assert_eq!(ingest_span["service"], "mpconnect-ingest");
     assert_eq!(ingest_span["resource"]["deployment.environment"], "test");
+    assert!(
+        traced.iter().all(|s| s["tenant"] == "known run"),
+        "every export carried OTEL_EXPORTER_OTLP_HEADERS"
+    );
     assert_eq!(ingest_span["parent_span_id"], CALLER_SPAN);
     assert_eq!(wait["parent_span_id"], ingest_span["span_id"]);
     assert!(wait["end"].as_u64() >= wait["start"].as_u64());
@@ -434,7 +455,31 @@ async fn a_known_run_shows_one_trace_per_batch_exact_metrics_and_no_secrets() {
         ))
     })
     .await;
-    assert_eq!(ingest_traces.len(), 14, "one trace per batch");
+    assert_eq!(
+        ingest_traces.len(),
+        14,
+        "one trace per sampled batch (all but unsampled-1)"
+    );
+    let unsampled: Vec<Value> = spans(&spans_path)
+        .into_iter()
+        .filter(|s| s["trace_id"] == UNSAMPLED_TRACE)
+        .collect();
+    assert!(
+        unsampled.is_empty(),
+        "spans of an unsampled trace: {unsampled:#?}"
+    );
+    let carried_on = stack.fake.requests().into_iter().find_map(|r| {
+        let traceparent = r.traceparent?;
+        let rest = traceparent.strip_prefix(&format!("00-{UNSAMPLED_TRACE}-"))?;
+        Some(rest.to_owned())
+    });
+    let carried_on = carried_on.expect("the destination got the unsampled trace's context");
+    assert!(
+        carried_on.len() == 19
+            && carried_on.ends_with("-00")
+            && !carried_on.starts_with(CALLER_SPAN),
+        "the unsampled trace went on, unsampled, with a span id of ours: {carried_on}"
+    );
     assert!(dead.len() >= 3);
     assert!(dead.iter().all(|s| s["attributes"]["status"] == 400));
 

@@ -19,12 +19,15 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.out = out
 
     def Export(self, request, context):
+        # A header the exporter was told to send (OTEL_EXPORTER_OTLP_HEADERS), as received.
+        tenant = dict(context.invocation_metadata()).get("x-tenant")
         for resource_spans in request.resource_spans:
             resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     record = {
                         "service": resource.get("service.name"),
+                        "tenant": tenant,
                         "resource": resource,
                         "name": span.name,
                         "trace_id": span.trace_id.hex(),

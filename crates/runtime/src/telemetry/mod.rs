@@ -1,6 +1,7 @@
 //! Metrics (Prometheus text on each stage's `/metrics`) and W3C trace context, which travels
 //! with every batch: HTTP headers in, queue attributes, gRPC metadata, headers out.
 
+mod export;
 mod process;
 mod trace;
 

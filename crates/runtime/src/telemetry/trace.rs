@@ -19,13 +19,13 @@ use opentelemetry::trace::{
     TracerProvider as _,
 };
 use opentelemetry::{Context, Value};
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{
     BatchConfig, BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
 };
 
 use super::TraceContext;
+use super::export::OtlpExporter;
 
 /// Opens a pipeline span:
 /// `pipeline_span!("name", Server, parent: Option<&TraceContext>, "key" = value, ...)`, or
@@ -87,20 +87,14 @@ impl Tracing {
         if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
-        let from_env = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        let Some(endpoint) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
-            .is_some();
-        let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-        match (&settings.endpoint, from_env) {
-            (_, true) => {}
-            (Some(endpoint), false) => builder = builder.with_endpoint(endpoint.clone()),
-            (None, false) => return Ok(None),
-        }
-        let exporter = builder
-            .with_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| TracingError::Exporter(e.to_string()))?;
-        // The builder reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the stage's name
+            .or_else(|| settings.endpoint.clone())
+        else {
+            return Ok(None);
+        };
+        let exporter = OtlpExporter::new(endpoint.trim(), env)?;
+        // The SDK reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the stage's name
         // applies only when neither names the service.
         let named_by_env = env("OTEL_SERVICE_NAME").is_some()
             || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attributes| {
