@@ -221,16 +221,17 @@ impl PipelineSpan {
     where
         A: IntoIterator<Item = KeyValue>,
     {
-        let Some(tracer) = tracer() else {
-            return Self(None);
-        };
-        let parent = parent.and_then(|p| remote(&p.traceparent, p.tracestate.as_deref()));
-        Self::started(tracer, name, kind, parent, attributes)
+        let parent = parent.map(|p| {
+            let state = p.tracestate.as_deref().unwrap_or_default();
+            (p.traceparent.as_str(), state)
+        });
+        Self::start_linked(name, kind, parent, attributes)
     }
 
     /// Starts span `name`, which serves many batches at once (a call, a request): a child of
     /// the first batch's trace, linked to the others'. Each item is a batch's `traceparent`
-    /// and `tracestate` (empty when none); nothing is parsed when tracing is off.
+    /// and `tracestate` (empty when none); nothing is parsed when tracing is off. Without a
+    /// valid one, it starts a new trace.
     pub fn start_linked<'a, A>(
         name: &'static str,
         kind: SpanKind,
@@ -246,26 +247,7 @@ impl PipelineSpan {
         let mut parents = parents
             .into_iter()
             .filter_map(|(parent, state)| remote(parent, Some(state)));
-        let mut span = Self::started(tracer, name, kind, parents.next(), attributes);
-        if let Some(recorded) = span.recorded() {
-            for other in parents {
-                recorded.add_link(other, Vec::new());
-            }
-        }
-        span
-    }
-
-    fn started<A>(
-        tracer: &SdkTracer,
-        name: &'static str,
-        kind: SpanKind,
-        parent: Option<SpanContext>,
-        attributes: impl FnOnce() -> A,
-    ) -> Self
-    where
-        A: IntoIterator<Item = KeyValue>,
-    {
-        let context = match parent {
+        let context = match parents.next() {
             Some(parent) => Context::new().with_remote_span_context(parent),
             None => Context::new(),
         };
@@ -276,6 +258,9 @@ impl PipelineSpan {
         let mut span = Self(Some(span));
         if let Some(recorded) = span.recorded() {
             recorded.set_attributes(attributes());
+            for other in parents {
+                recorded.add_link(other, Vec::new());
+            }
         }
         span
     }
