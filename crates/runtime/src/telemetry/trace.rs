@@ -9,7 +9,6 @@
 //! for spans that have no use in logs.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 pub use opentelemetry::KeyValue;
@@ -52,7 +51,6 @@ macro_rules! pipeline_span {
     };
 }
 
-static ENABLED: AtomicBool = AtomicBool::new(false);
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +116,6 @@ impl Tracing {
         let tracer = provider.tracer("mpconnect");
         let _ = TRACER.set(tracer);
         opentelemetry::global::set_tracer_provider(provider.clone());
-        ENABLED.store(true, Ordering::Relaxed);
         Ok(Some(Tracing { provider }))
     }
 
@@ -156,7 +153,7 @@ fn batch_config(env: impl Fn(&str) -> Option<String>) -> BatchConfig {
 
 /// Whether spans are being exported.
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    TRACER.get().is_some()
 }
 
 /// A strict W3C `traceparent` of version 00: its ids (non-zero) and flags.
@@ -201,7 +198,7 @@ fn remote(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
 
 /// One pipeline span: exported when it is dropped. Holds nothing when tracing is off; holds
 /// only its context (so its trace carries on, unsampled) when its trace is not sampled.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PipelineSpan(Option<opentelemetry_sdk::trace::Span>);
 
 impl PipelineSpan {
@@ -241,7 +238,7 @@ impl PipelineSpan {
     where
         A: IntoIterator<Item = KeyValue>,
     {
-        let Some(tracer) = tracer() else {
+        let Some(tracer) = TRACER.get() else {
             return Self(None);
         };
         let mut parents = parents
@@ -310,10 +307,6 @@ fn traceparent_of(context: &SpanContext) -> String {
     traceparent
 }
 
-fn tracer() -> Option<&'static SdkTracer> {
-    if enabled() { TRACER.get() } else { None }
-}
-
 /// Records the time a message spent in a queue, from its send to its receive, as a child of
 /// the span that sent it.
 pub fn queue_wait(
@@ -325,7 +318,7 @@ pub fn queue_wait(
     receive_count: u32,
 ) {
     let (Some(tracer), Some(parent)) = (
-        tracer(),
+        TRACER.get(),
         remote(&parent.traceparent, parent.tracestate.as_deref()),
     ) else {
         return;
