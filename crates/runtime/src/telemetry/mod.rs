@@ -2,6 +2,7 @@
 //! with every batch: HTTP headers in, queue attributes, gRPC metadata, headers out.
 
 mod export;
+mod otlp_proto;
 mod process;
 mod trace;
 
