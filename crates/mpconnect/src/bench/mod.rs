@@ -138,13 +138,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "tracing on (OTLP to a counting sink, default sampling), each round a pass without and one with:"
         );
         let mut fewer = Vec::with_capacity(rounds.len());
+        let mut dearer = Vec::with_capacity(rounds.len());
         for (i, (without, with, spans)) in rounds.iter().enumerate() {
             let less = (1.0 - with.sustained / without.sustained.max(1e-9)) * 100.0;
+            let cpu = (with.cpu_per_100k / without.cpu_per_100k.max(1e-9) - 1.0) * 100.0;
             fewer.push(less);
+            dearer.push(cpu);
+            let delivered = if less >= 0.0 {
+                format!("{less:.1}% less")
+            } else {
+                format!(
+                    "{:.1}% more (the machine's pace moved more than tracing cost)",
+                    -less
+                )
+            };
             // A batch's trace has an ingest, a queue wait, a transform and a deliver span,
             // and shares call spans: fewer than four a batch means the exporter dropped some.
             println!(
-                "  round {}: {:.0} against {:.0} events/s delivered, {less:.1}% less; CPU {:.2} against {:.2} s per 100k events; {spans} spans received, {:.1} a batch (a complete trace has at least 4)",
+                "  round {}: {:.0} against {:.0} events/s delivered, {delivered}; CPU {:.2} against {:.2} s per 100k events ({cpu:+.0}%); {spans} spans received, {:.1} a batch (a complete trace has at least 4)",
                 i + 1,
                 with.sustained,
                 without.sustained,
@@ -153,13 +164,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 *spans as f64 / with.batches.max(1) as f64
             );
         }
-        fewer.sort_by(f64::total_cmp);
         println!(
-            "  median: {:.1}% fewer events delivered with tracing on",
-            fewer[fewer.len() / 2]
+            "  median: {:.1}% fewer events delivered with tracing on, CPU per event {:+.0}%",
+            median(&mut fewer),
+            median(&mut dearer)
         );
     }
     Ok(())
+}
+
+/// The middle value; of an even count, the mean of the two in the middle.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if !n.is_multiple_of(2) => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// One run of `mpconnect all` under load; returns the sustained delivered events/s.
@@ -749,4 +770,16 @@ fn status_kb(pid: u32, field: &str) -> u64 {
 /// Linux's USER_HZ, which `/proc/<pid>/stat` counts in: 100 on every mainstream kernel.
 fn ticks_per_second() -> f64 {
     100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_of_an_even_count_is_between_the_middle_two() {
+        assert!((median(&mut [12.6, 6.7, -1.8, -2.6]) - 2.45).abs() < 1e-9);
+        assert_eq!(median(&mut [3.0, -1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut []), 0.0);
+    }
 }
