@@ -316,7 +316,17 @@ async fn drive(
     let client = reqwest::Client::new();
     let ready_by = Instant::now() + Duration::from_secs(60);
     while client.get(&health).send().await.is_err() {
-        anyhow::ensure!(Instant::now() < ready_by, "mpconnect did not start in 60 s");
+        if let Some(target) = stages.exited() {
+            anyhow::bail!(
+                "mpconnect {target} exited as it started\n{}",
+                stages.log_tails()
+            );
+        }
+        anyhow::ensure!(
+            Instant::now() < ready_by,
+            "mpconnect did not start in 60 s\n{}",
+            stages.log_tails()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -553,6 +563,9 @@ async fn send(
 }
 
 /// The scenario's mpconnect processes, started again after each `kill -9`.
+/// Lines of each stage's log shown when it does not start.
+const LOG_TAIL_LINES: usize = 20;
+
 struct Stages {
     dir: PathBuf,
     config: PathBuf,
@@ -591,6 +604,30 @@ impl Stages {
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .spawn()
             .with_context(|| format!("starting mpconnect {target}"))
+    }
+
+    /// The first stage whose process has ended, if any.
+    fn exited(&mut self) -> Option<&'static str> {
+        self.children
+            .iter_mut()
+            .zip(&self.targets)
+            .find_map(|(child, target)| matches!(child.try_wait(), Ok(Some(_))).then_some(*target))
+    }
+
+    /// The last lines each stage logged: why a start failed, shown before the scenario's
+    /// directory (and the logs in it) is removed.
+    fn log_tails(&self) -> String {
+        self.targets
+            .iter()
+            .map(|target| {
+                let name = format!("{target}.log");
+                let log = std::fs::read_to_string(self.dir.join(&name)).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+                format!("--- the end of {name} ---\n{tail}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// SIGKILL: no drain, no flush, no destructor; then the same command again.

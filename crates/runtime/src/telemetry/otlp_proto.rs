@@ -298,9 +298,12 @@ fn message_sized(out: &mut Vec<u8>, field: u32, guess: usize, write: impl FnOnce
         out.copy_within(at + guess..at + guess + len, at + needed);
         out.truncate(at + needed + len);
     }
-    let mut length = Vec::with_capacity(needed);
-    varint(&mut length, len as u64);
-    out[at..at + needed].copy_from_slice(&length);
+    let mut length = len as u64;
+    for byte in &mut out[at..at + needed] {
+        *byte = (length as u8 & 0x7f) | 0x80;
+        length >>= 7;
+    }
+    out[at + needed - 1] &= 0x7f;
 }
 
 #[cfg(test)]
