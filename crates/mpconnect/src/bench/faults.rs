@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::load::post_bulk;
 use super::payload::Payload;
 use super::receiver::{Fault, Receiver};
-use super::{Ports, basic, bench_config, free_port, split_setup};
+use super::{Ports, basic, bench_config, free_port, log_tails, split_setup, wait_until_started};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -295,6 +295,9 @@ async fn run_scenario(
     let mut stages = Stages::start(dir.path(), &config_path, targets)?;
     let result = drive(args, scenario, payload, &receiver, &ports, &mut stages).await;
     stages.stop().await;
+    if result.is_err() {
+        eprintln!("{}", log_tails(dir.path(), targets));
+    }
     let mut report = result?;
     report.dead_letters = dead_letters(&config_path)?;
     served.abort();
@@ -312,23 +315,13 @@ async fn drive(
     ports: &Ports,
     stages: &mut Stages,
 ) -> anyhow::Result<Report> {
-    let health = format!("http://{}/healthz", ports.ingest);
-    let client = reqwest::Client::new();
-    let ready_by = Instant::now() + Duration::from_secs(60);
-    while client.get(&health).send().await.is_err() {
-        if let Some(target) = stages.exited() {
-            anyhow::bail!(
-                "mpconnect {target} exited as it started\n{}",
-                stages.log_tails()
-            );
-        }
-        anyhow::ensure!(
-            Instant::now() < ready_by,
-            "mpconnect did not start in 60 s\n{}",
-            stages.log_tails()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_started(
+        &ports.ingest,
+        START_WITHIN,
+        &stages.targets,
+        &mut stages.children,
+    )
+    .await?;
 
     let events = if scenario == Scenario::KillSplit {
         args.split_events
@@ -562,10 +555,10 @@ async fn send(
     Ok(())
 }
 
-/// The scenario's mpconnect processes, started again after each `kill -9`.
-/// Lines of each stage's log shown when it does not start.
-const LOG_TAIL_LINES: usize = 20;
+/// How long the first start of a scenario's stages gets (the debug build, on a busy machine).
+const START_WITHIN: Duration = Duration::from_secs(60);
 
+/// The scenario's mpconnect processes, started again after each `kill -9`.
 struct Stages {
     dir: PathBuf,
     config: PathBuf,
@@ -604,30 +597,6 @@ impl Stages {
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .spawn()
             .with_context(|| format!("starting mpconnect {target}"))
-    }
-
-    /// The first stage whose process has ended, if any.
-    fn exited(&mut self) -> Option<&'static str> {
-        self.children
-            .iter_mut()
-            .zip(&self.targets)
-            .find_map(|(child, target)| matches!(child.try_wait(), Ok(Some(_))).then_some(*target))
-    }
-
-    /// The last lines each stage logged: why a start failed, shown before the scenario's
-    /// directory (and the logs in it) is removed.
-    fn log_tails(&self) -> String {
-        self.targets
-            .iter()
-            .map(|target| {
-                let name = format!("{target}.log");
-                let log = std::fs::read_to_string(self.dir.join(&name)).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
-                format!("--- the end of {name} ---\n{tail}")
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 
     /// SIGKILL: no drain, no flush, no destructor; then the same command again.

@@ -183,7 +183,10 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// One run of `mpconnect all` under load; returns the sustained delivered events/s.
+/// How long `mpconnect all` gets to answer `/healthz`.
+const START_WITHIN: Duration = Duration::from_secs(30);
+
+/// One run of `mpconnect all` (or the three stages) under load: what it delivered.
 async fn pass(
     args: &Args,
     payload: Arc<Payload>,
@@ -260,7 +263,11 @@ async fn pass(
         },
         if otlp_endpoint.is_some() { "on" } else { "off" }
     );
-    let result = drive(args, payload, &receiver, &ingest_addr, &pids, floor, &what).await;
+    let result = match wait_until_started(&ingest_addr, START_WITHIN, targets, &mut children).await
+    {
+        Ok(()) => drive(args, payload, &receiver, &ingest_addr, &pids, floor, &what).await,
+        Err(e) => Err(e),
+    };
     // SIGTERM for a clean drain; SIGKILL if it does not go.
     for child in children.iter_mut().rev() {
         let _ = std::process::Command::new("kill")
@@ -277,13 +284,7 @@ async fn pass(
     if args.keep {
         println!("kept: {}", dir.keep().display());
     } else if result.is_err() {
-        for target in targets {
-            eprintln!(
-                "mpconnect {target}'s log:\n{}",
-                std::fs::read_to_string(dir.path().join(format!("{target}.log")))
-                    .unwrap_or_default()
-            );
-        }
+        eprintln!("{}", log_tails(dir.path(), targets));
     }
     result
 }
@@ -297,14 +298,6 @@ async fn drive(
     floor: Floor,
     what: &str,
 ) -> anyhow::Result<Delivered> {
-    let health = format!("http://{ingest_addr}/healthz");
-    let client = reqwest::Client::new();
-    let ready_by = Instant::now() + Duration::from_secs(30);
-    while client.get(&health).send().await.is_err() {
-        anyhow::ensure!(Instant::now() < ready_by, "mpconnect did not start in 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
     let counts = Arc::new(LoadCounts::default());
     let t0 = Instant::now();
     let load_end = t0 + Duration::from_secs(args.seconds);
@@ -566,6 +559,54 @@ fn basic(key: &str, secret: &str) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"))
     )
+}
+
+/// Lines of each stage's log shown when a run fails.
+const LOG_TAIL_LINES: usize = 20;
+
+/// The end of each stage's log in `dir` (`<target>.log`): why a run failed, shown before the
+/// run's directory (and the logs in it) is removed.
+fn log_tails(dir: &Path, targets: &[&str]) -> String {
+    targets
+        .iter()
+        .map(|target| {
+            let name = format!("{target}.log");
+            let log = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+            format!("--- the end of mpconnect {target}'s log ---\n{tail}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until ingest at `ingest_addr` answers `/healthz`, for at most `within`; fails at once
+/// when one of the stages' processes (`children`, started as `targets`) has already ended.
+async fn wait_until_started(
+    ingest_addr: &str,
+    within: Duration,
+    targets: &[&str],
+    children: &mut [std::process::Child],
+) -> anyhow::Result<()> {
+    let health = format!("http://{ingest_addr}/healthz");
+    let client = reqwest::Client::new();
+    let ready_by = Instant::now() + within;
+    while client.get(&health).send().await.is_err() {
+        let ended = children
+            .iter_mut()
+            .zip(targets)
+            .find_map(|(child, target)| matches!(child.try_wait(), Ok(Some(_))).then_some(target));
+        if let Some(target) = ended {
+            anyhow::bail!("mpconnect {target} exited as it started");
+        }
+        anyhow::ensure!(
+            Instant::now() < ready_by,
+            "mpconnect did not start in {} s",
+            within.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<String> {
