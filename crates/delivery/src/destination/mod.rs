@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runtime::telemetry::{self, PipelineSpan, TraceContext};
+use runtime::telemetry::{self, PipelineSpan};
 use runtime::{Queue, QueueError, StageQueue};
 use schema::v1::{BatchOutcome, Outcome, RoutedBatch};
 
@@ -182,14 +182,12 @@ impl Destination {
             .iter_mut()
             .enumerate()
             .map(|(i, batch)| {
-                let parent = TraceContext::continue_from(
-                    Some(batch.traceparent.as_str()),
-                    Some(batch.tracestate.as_str()),
-                );
+                // The batch's own context, read once by the span (not checked into a
+                // `TraceContext` first and parsed again): with one, "linked" is its child.
                 let span = runtime::pipeline_span!(
                     "deliver",
                     Server,
-                    parent: parent.as_ref(),
+                    linked: std::iter::once((batch.traceparent.as_str(), batch.tracestate.as_str())),
                     "mpconnect.stage" = "delivery",
                     "destination" = self.id().to_owned(),
                     "connection" = batch.connection.clone(),

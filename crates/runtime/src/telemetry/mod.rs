@@ -94,9 +94,7 @@ impl TraceContext {
         let traceparent = traceparent.filter(|t| is_valid_traceparent(t))?;
         Some(TraceContext {
             traceparent: traceparent.to_ascii_lowercase(),
-            tracestate: tracestate
-                .filter(|s| !s.is_empty() && s.len() <= 512)
-                .map(str::to_owned),
+            tracestate: usable_tracestate(tracestate).map(str::to_owned),
         })
     }
 
@@ -113,6 +111,12 @@ impl TraceContext {
     pub fn trace_id(&self) -> &str {
         &self.traceparent[3..35]
     }
+}
+
+/// A `tracestate` worth carrying on: not empty, and within W3C's 512 characters (a longer one
+/// is dropped whole rather than cut mid-entry).
+fn usable_tracestate(tracestate: Option<&str>) -> Option<&str> {
+    tracestate.filter(|s| !s.is_empty() && s.len() <= 512)
 }
 
 fn is_valid_traceparent(t: &str) -> bool {

@@ -58,7 +58,10 @@ pub(super) fn export_request(spans: Vec<SpanData>, resource: &EncodedResource) -
     // Room for the lot at once: ~150–400 bytes a span.
     let mut out = Vec::with_capacity(64 + resource.resource.len() + 320 * spans.len());
     message_sized(&mut out, 1, 3, |out| {
-        message(out, 1, |out| out.extend_from_slice(&resource.resource));
+        let resource_len = varint_len(resource.resource.len() as u64);
+        message_sized(out, 1, resource_len, |out| {
+            out.extend_from_slice(&resource.resource)
+        });
         for (scope, members) in &scopes {
             message_sized(out, 2, 3, |out| scope_spans(out, scope, members));
         }

@@ -183,8 +183,7 @@ pub(super) fn parse_traceparent(traceparent: &str) -> Option<(TraceId, SpanId, u
 /// The OTel span context a W3C trace context names, as a remote parent.
 fn remote(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
     let (trace_id, span_id, flags) = parse_traceparent(traceparent)?;
-    let state = tracestate
-        .filter(|s| !s.is_empty())
+    let state = super::usable_tracestate(tracestate)
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();
     Some(SpanContext::new(
@@ -399,6 +398,22 @@ mod tests {
         assert_eq!(parent.trace_state().header(), "vendor=1,other=2");
         let unsampled = VALID.replace("-01", "-00");
         assert!(!remote(&unsampled, Some("")).expect("valid").is_sampled());
+        // A state over W3C's 512 characters is dropped, as `TraceContext` drops it, whether
+        // the span is given the raw pair or a `TraceContext`.
+        let long = (0..30)
+            .map(|i| format!("k{i:02}={}", "v".repeat(16)))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(long.len() > 512 && long.parse::<TraceState>().is_ok());
+        assert_eq!(
+            remote(VALID, Some(&long))
+                .expect("valid")
+                .trace_state()
+                .header(),
+            ""
+        );
+        let through = TraceContext::continue_from(Some(VALID), Some(&long)).expect("valid");
+        assert_eq!(through.tracestate, None);
     }
 
     #[test]
