@@ -54,6 +54,9 @@ fn main() {
         let skim = measure(&requests, |r| {
             black_box(mpconnect_schema::skim_batches(r).unwrap());
         });
+        let skim_by_serde_json = measure(&requests, |r| {
+            black_box(mpconnect_schema::testing::skim_batches_by_serde_json(r).unwrap());
+        });
         let decoded: Vec<_> = requests
             .iter()
             .map(|r| decode_batches(r).unwrap())
@@ -79,6 +82,7 @@ fn main() {
         row("floor: serde_json::Value parse+ser", floor);
         row("mpconnect decode (validated)", decode);
         row("ingest's read (skim_batches)", skim);
+        row("  the same by serde_json alone", skim_by_serde_json);
         row("mpconnect encode", encode);
         row("mpconnect decode+encode", both);
         println!(

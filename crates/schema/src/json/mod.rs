@@ -4,6 +4,7 @@
 mod batch;
 mod messages;
 pub mod read;
+pub(crate) mod scan;
 pub mod write;
 
 pub(crate) use batch::{BatchSeed, BatchesSeed, write_batch};

@@ -354,7 +354,7 @@ impl Kind for Str {
         w.string(value)
     }
     fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-        d.deserialize_any(Skip)
+        Skip.deserialize(d)
     }
 }
 
@@ -433,7 +433,7 @@ impl Kind for Num {
         w.f64(*value)
     }
     fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-        d.deserialize_any(Skip)
+        Skip.deserialize(d)
     }
 }
 
@@ -450,7 +450,7 @@ impl Kind for Bool {
         w.bool(*value)
     }
     fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-        d.deserialize_any(Skip)
+        Skip.deserialize(d)
     }
 }
 
@@ -465,7 +465,7 @@ impl Kind for Any {
         write_value(value, w)
     }
     fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-        d.deserialize_any(Skip)
+        Skip.deserialize(d)
     }
 }
 
@@ -588,7 +588,7 @@ impl Kind for Attrs {
         write_attrs(&value.values, w)
     }
     fn skip<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-        d.deserialize_any(Skip)
+        Skip.deserialize(d)
     }
 }
 
@@ -628,7 +628,9 @@ pub struct Skip;
 impl<'de> DeserializeSeed<'de> for Skip {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
+        // By name, so the quick reader (`scan`) can pass over the value in one tight pass;
+        // any other deserializer hands it back to `visit_newtype_struct`.
+        d.deserialize_newtype_struct(super::scan::SKIP, self)
     }
 }
 
@@ -636,6 +638,9 @@ impl<'de> Visitor<'de> for Skip {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
     fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
         Ok(())
