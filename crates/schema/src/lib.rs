@@ -191,11 +191,7 @@ fn read_one<'de, R: serde_json::de::Read<'de>>(
     body: &[u8],
     skim: bool,
 ) -> Option<(v1::Batch, bool, usize)> {
-    let (read, normalised) = json::noting_normalisation(|| {
-        let mut read = || json::BatchSeed(Some(body)).deserialize(&mut d);
-        if skim { json::skimming(read) } else { read() }
-    });
-    let batch = read.ok()?;
+    let (batch, normalised) = read_batch(&mut d, body, skim)?;
     // A stream started here begins where the batch ended.
     let len = d.into_iter::<serde::de::IgnoredAny>().byte_offset();
     Some((batch, normalised, len))
@@ -204,11 +200,21 @@ fn read_one<'de, R: serde_json::de::Read<'de>>(
 /// [`read_one`] with [`json::scan`]'s reader: `None` where it stops.
 fn read_quickly(text: &str, body: &[u8], skim: bool) -> Option<(v1::Batch, bool, usize)> {
     let mut scanner = json::scan::Scanner::new(text);
+    let (batch, normalised) = read_batch(&mut scanner, body, skim)?;
+    Some((batch, normalised, scanner.offset()))
+}
+
+/// The batch `d` reads (skimmed or in full), and whether reading it changed a value's form.
+fn read_batch<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    body: &[u8],
+    skim: bool,
+) -> Option<(v1::Batch, bool)> {
     let (read, normalised) = json::noting_normalisation(|| {
-        let mut read = || json::BatchSeed(Some(body)).deserialize(&mut scanner);
+        let read = || json::BatchSeed(Some(body)).deserialize(d);
         if skim { json::skimming(read) } else { read() }
     });
-    Some((read.ok()?, normalised, scanner.offset()))
+    Some((read.ok()?, normalised))
 }
 
 /// Room for this many events is made before a batch's events are read from JSON, whose length
