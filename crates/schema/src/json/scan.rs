@@ -199,47 +199,38 @@ impl<'de> Scanner<'de> {
                 self.at += 1;
                 self.skip_string()
             }
-            b'{' => {
-                self.enter()?;
-                if self.peek()? != b'}' {
-                    loop {
-                        self.expect(b'"')?;
-                        self.skip_string()?;
-                        self.expect(b':')?;
-                        self.skip_value()?;
-                        match self.peek()? {
-                            b',' => self.at += 1,
-                            b'}' => break,
-                            _ => return Err(Stop),
-                        }
-                    }
-                }
-                self.at += 1;
-                self.depth -= 1;
-                Ok(())
-            }
-            b'[' => {
-                self.enter()?;
-                if self.peek()? != b']' {
-                    loop {
-                        self.skip_value()?;
-                        match self.peek()? {
-                            b',' => self.at += 1,
-                            b']' => break,
-                            _ => return Err(Stop),
-                        }
-                    }
-                }
-                self.at += 1;
-                self.depth -= 1;
-                Ok(())
-            }
+            b'{' => self.skip_parts(b'}'),
+            b'[' => self.skip_parts(b']'),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             b'-' | b'0'..=b'9' => self.skip_number(),
             _ => Err(Stop),
         }
+    }
+
+    /// [`Scanner::skip_value`] for an object's members (`close` a brace) or an array's
+    /// elements, from its opening.
+    fn skip_parts(&mut self, close: u8) -> Result<(), Stop> {
+        self.enter()?;
+        if self.peek()? != close {
+            loop {
+                if close == b'}' {
+                    self.expect(b'"')?;
+                    self.skip_string()?;
+                    self.expect(b':')?;
+                }
+                self.skip_value()?;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    next if next == close => break,
+                    _ => return Err(Stop),
+                }
+            }
+        }
+        self.at += 1;
+        self.depth -= 1;
+        Ok(())
     }
 
     /// [`Scanner::skip_value`] for a string whose opening quote has been consumed.
@@ -467,6 +458,15 @@ fn stops_in_plainly(chunk: &[u8; 16]) -> u32 {
         .fold(0, |mask, (i, &b)| mask | (u32::from(stops(b)) << i))
 }
 
+/// `Deserializer` methods that read a value only when it starts with the byte given.
+macro_rules! only_starting_with {
+    ($($method:ident => $first:literal),* $(,)?) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
+            self.only($first, visitor)
+        }
+    )*};
+}
+
 impl<'de> Deserializer<'de> for &mut Scanner<'de> {
     type Error = Stop;
 
@@ -479,26 +479,8 @@ impl<'de> Deserializer<'de> for &mut Scanner<'de> {
                     Text::Scratch => visitor.visit_str(&self.scratch),
                 }
             }
-            b'{' => {
-                self.enter()?;
-                let value = visitor.visit_map(Members {
-                    scanner: &mut *self,
-                    first: true,
-                })?;
-                self.depth -= 1;
-                self.expect(b'}')?;
-                Ok(value)
-            }
-            b'[' => {
-                self.enter()?;
-                let value = visitor.visit_seq(Elements {
-                    scanner: &mut *self,
-                    first: true,
-                })?;
-                self.depth -= 1;
-                self.expect(b']')?;
-                Ok(value)
-            }
+            b'{' => self.in_parts(b'}', |parts| visitor.visit_map(parts)),
+            b'[' => self.in_parts(b']', |parts| visitor.visit_seq(parts)),
             b't' => {
                 self.literal(b"true")?;
                 visitor.visit_bool(true)
@@ -518,20 +500,14 @@ impl<'de> Deserializer<'de> for &mut Scanner<'de> {
 
     // Where `serde_json` would refuse a JSON type outright, so does this, rather than hand the
     // visitor something `serde_json` never would.
-    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
-        self.only(b'"', visitor)
-    }
-
-    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
-        self.only(b'"', visitor)
-    }
-
-    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
-        self.only(b'{', visitor)
-    }
-
-    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
-        self.only(b'[', visitor)
+    only_starting_with! {
+        deserialize_str => b'"',
+        deserialize_string => b'"',
+        deserialize_char => b'"',
+        deserialize_identifier => b'"',
+        deserialize_map => b'{',
+        deserialize_seq => b'[',
+        deserialize_unit => b'n',
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
@@ -619,24 +595,29 @@ impl<'de> Deserializer<'de> for &mut Scanner<'de> {
         }
     }
 
-    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
-        self.only(b'n', visitor)
-    }
-
-    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
-        self.only(b'"', visitor)
-    }
-
-    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
-        self.only(b'"', visitor)
-    }
-
     serde::forward_to_deserialize_any! {
         i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64
     }
 }
 
 impl<'de> Scanner<'de> {
+    /// Hands an object's members or an array's elements to `visit`, then checks that it read
+    /// them all up to `close`.
+    fn in_parts<T>(
+        &mut self,
+        close: u8,
+        visit: impl FnOnce(Parts<'_, 'de>) -> Result<T, Stop>,
+    ) -> Result<T, Stop> {
+        self.enter()?;
+        let value = visit(Parts {
+            scanner: &mut *self,
+            first: true,
+        })?;
+        self.depth -= 1;
+        self.expect(close)?;
+        Ok(value)
+    }
+
     /// [`Deserializer::deserialize_any`] for a value that starts with `first`; anything else
     /// stops the reader.
     fn only<V: Visitor<'de>>(&mut self, first: u8, visitor: V) -> Result<V::Value, Stop> {
@@ -648,29 +629,43 @@ impl<'de> Scanner<'de> {
     }
 }
 
-struct Members<'s, 'de> {
+/// The members of an object or the elements of an array, read one by one.
+struct Parts<'s, 'de> {
     scanner: &'s mut Scanner<'de>,
     first: bool,
 }
 
-impl<'de> MapAccess<'de> for Members<'_, 'de> {
+impl Parts<'_, '_> {
+    /// Whether another part follows before `close` (its comma consumed).
+    fn more(&mut self, close: u8) -> Result<bool, Stop> {
+        let s = &mut *self.scanner;
+        let next = s.peek()?;
+        if next == close {
+            return Ok(false);
+        }
+        if !self.first {
+            if next != b',' {
+                return Err(Stop);
+            }
+            s.at += 1;
+        }
+        self.first = false;
+        Ok(true)
+    }
+}
+
+impl<'de> MapAccess<'de> for Parts<'_, 'de> {
     type Error = Stop;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Stop> {
-        let s = &mut *self.scanner;
-        match s.peek()? {
-            b'}' => return Ok(None),
-            b',' if !self.first => {
-                s.at += 1;
-                s.expect(b'"')?;
-            }
-            b'"' if self.first => s.at += 1,
-            _ => return Err(Stop),
+        if !self.more(b'}')? {
+            return Ok(None);
         }
-        self.first = false;
+        let s = &mut *self.scanner;
+        s.expect(b'"')?;
         match s.string()? {
             Text::Borrowed(key) => seed
                 .deserialize(BorrowedStrDeserializer::<Stop>::new(key))
@@ -687,27 +682,17 @@ impl<'de> MapAccess<'de> for Members<'_, 'de> {
     }
 }
 
-struct Elements<'s, 'de> {
-    scanner: &'s mut Scanner<'de>,
-    first: bool,
-}
-
-impl<'de> SeqAccess<'de> for Elements<'_, 'de> {
+impl<'de> SeqAccess<'de> for Parts<'_, 'de> {
     type Error = Stop;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Stop> {
-        let s = &mut *self.scanner;
-        match s.peek()? {
-            b']' => return Ok(None),
-            b',' if !self.first => s.at += 1,
-            _ if self.first => {}
-            _ => return Err(Stop),
+        if !self.more(b']')? {
+            return Ok(None);
         }
-        self.first = false;
-        seed.deserialize(&mut *s).map(Some)
+        seed.deserialize(&mut *self.scanner).map(Some)
     }
 }
 
