@@ -14,7 +14,6 @@
 
 use std::fmt;
 
-use serde::de::value::{BorrowedStrDeserializer, StrDeserializer};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// Nesting past this stops the reader (`serde_json` refuses past 128).
@@ -212,25 +211,18 @@ impl<'de> Scanner<'de> {
     /// [`Scanner::skip_value`] for an object's members (`close` a brace) or an array's
     /// elements, from its opening.
     fn skip_parts(&mut self, close: u8) -> Result<(), Stop> {
-        self.enter()?;
-        if self.peek()? != close {
-            loop {
+        self.in_parts(close, |mut parts| {
+            while parts.more(close)? {
+                let scanner = &mut *parts.scanner;
                 if close == b'}' {
-                    self.expect(b'"')?;
-                    self.skip_string()?;
-                    self.expect(b':')?;
+                    scanner.expect(b'"')?;
+                    scanner.skip_string()?;
+                    scanner.expect(b':')?;
                 }
-                self.skip_value()?;
-                match self.peek()? {
-                    b',' => self.at += 1,
-                    next if next == close => break,
-                    _ => return Err(Stop),
-                }
+                scanner.skip_value()?;
             }
-        }
-        self.at += 1;
-        self.depth -= 1;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// [`Scanner::skip_value`] for a string whose opening quote has been consumed.
@@ -664,16 +656,12 @@ impl<'de> MapAccess<'de> for Parts<'_, 'de> {
         if !self.more(b'}')? {
             return Ok(None);
         }
+        // A key is a string: read as any string value is, whatever the seed asks for.
         let s = &mut *self.scanner;
-        s.expect(b'"')?;
-        match s.string()? {
-            Text::Borrowed(key) => seed
-                .deserialize(BorrowedStrDeserializer::<Stop>::new(key))
-                .map(Some),
-            Text::Scratch => seed
-                .deserialize(StrDeserializer::<Stop>::new(&s.scratch))
-                .map(Some),
+        if s.peek()? != b'"' {
+            return Err(Stop);
         }
+        seed.deserialize(s).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Stop> {
