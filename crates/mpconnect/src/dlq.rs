@@ -157,7 +157,7 @@ pub async fn redrive_ingest(queue: &StageQueue, dead_letter: &StageQueue) -> any
                 Message {
                     body: m.body.clone(),
                     attributes,
-                    delay: Duration::ZERO,
+                    ..Message::default()
                 }
             })
             .collect();

@@ -301,6 +301,54 @@ pub async fn concurrent_consumers_never_share_an_in_flight_message(f: Fixture) {
         .unwrap();
 }
 
+/// A body sent in two parts (`body`, `body_rest`: ingest's pass-through ids, then the sender's
+/// JSON as a view of the request) arrives as one, whatever the split: a character cut in two,
+/// either part empty, packed beside others, and claim-checked whole when it is large.
+pub async fn a_body_in_two_parts_arrives_as_one(f: Fixture) {
+    let two = |head: &[u8], rest: &[u8], n: usize| {
+        Message::in_two_parts(Bytes::copy_from_slice(head), Bytes::copy_from_slice(rest))
+            .with_attribute("n", n.to_string())
+    };
+    let large: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = vec![
+        two(b"{\"n\":", b"0}", 0),
+        // "é" whole in the second part, then cut between its two bytes: text only joined.
+        two("{\"s\":\"".as_bytes(), "é\"}".as_bytes(), 1),
+        two(b"{\"s\":\"\xc3", b"\xa9\"}", 2),
+        two(b"", b"{\"rest\":true}", 3),
+        two(b"{\"head\":true}", b"", 4),
+        two(&[0, 1, 2, 0xff], &[0xfe, 0x80, 3], 5),
+        two(&large[..1000], &large[1000..], 6),
+        message(7).with_attribute("n", "7"),
+    ];
+    let sent_split = sent.iter().filter(|m| !m.body_rest.is_empty()).count();
+    assert_eq!(sent_split, 6, "the cases are sent in two parts");
+    let joined = |m: &Message| {
+        let mut m = m.clone();
+        m.join_body();
+        m.body
+    };
+    f.queue.send(sent.clone()).await.unwrap();
+    let stored = f.store.list("claims/").await.unwrap();
+    assert_eq!(stored.len(), 1, "only the large body is claim-checked");
+    assert_eq!(stored[0].size, large.len() as u64, "claim-checked whole");
+    let got = receive_n(&f, sent.len(), Duration::from_secs(15), 30).await;
+    assert_eq!(got.len(), sent.len());
+    for m in &got {
+        let n: usize = m.attributes["n"].parse().unwrap();
+        assert_eq!(m.body, joined(&sent[n]), "message {n}");
+    }
+    assert_eq!(
+        got.iter().find(|m| m.attributes["n"] == "6").unwrap().body,
+        Bytes::from(large)
+    );
+    f.queue
+        .ack(&got.iter().map(|m| m.receipt.clone()).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_empty(&f).await;
+}
+
 macro_rules! contract {
     ($backend:ident) => {
         mod $backend {
@@ -320,6 +368,7 @@ macro_rules! contract {
             case!(batch_sends_of_1_10_and_25);
             case!(claim_check_round_trip_of_1_mib);
             case!(a_stale_ack_keeps_the_claim_checked_body);
+            case!(a_body_in_two_parts_arrives_as_one);
         }
     };
 }

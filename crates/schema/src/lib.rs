@@ -367,6 +367,20 @@ pub fn pass_through(batch: &v1::Batch, json: &[u8]) -> Option<v1::Batch> {
 /// are written as prost writes [`pass_through`]'s batch (a test compares the bytes), without
 /// building it: an `Event` and a cloned id per event cost more than the writing.
 pub fn encode_pass_through(batch: &v1::Batch, json: &[u8]) -> Option<Vec<u8>> {
+    let mut out = write_pass_through_head(batch, json.len(), json.len())?;
+    out.extend_from_slice(json);
+    Some(out)
+}
+
+/// [`encode_pass_through`]'s bytes up to the JSON, which comes last: with the JSON after them
+/// (a queue message's second part, `runtime::Message::body_rest`) they are the same bytes, and
+/// the JSON is not copied to be sent.
+pub fn pass_through_head(batch: &v1::Batch, json_len: usize) -> Option<Vec<u8>> {
+    write_pass_through_head(batch, json_len, 0)
+}
+
+/// The pass-through bytes before a JSON of `json_len` bytes, with room for `room` more.
+fn write_pass_through_head(batch: &v1::Batch, json_len: usize, room: usize) -> Option<Vec<u8>> {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, string};
     if has_outbound_only_fields(batch) {
         return None;
@@ -388,7 +402,7 @@ pub fn encode_pass_through(batch: &v1::Batch, json: &[u8]) -> Option<Vec<u8>> {
             .source_request_id
             .as_ref()
             .map_or(0, |id| string::encoded_len(SOURCE_REQUEST_ID_FIELD, id));
-    let mut out = Vec::with_capacity(ids_len + json.len() + 8);
+    let mut out = Vec::with_capacity(ids_len + 8 + room);
     for event in &batch.events {
         encode_key(EVENTS_FIELD, WireType::LengthDelimited, &mut out);
         encode_varint(event_len(event) as u64, &mut out);
@@ -400,8 +414,7 @@ pub fn encode_pass_through(batch: &v1::Batch, json: &[u8]) -> Option<Vec<u8>> {
         string::encode(SOURCE_REQUEST_ID_FIELD, id, &mut out);
     }
     encode_key(INBOUND_JSON_FIELD, WireType::LengthDelimited, &mut out);
-    encode_varint(json.len() as u64, &mut out);
-    out.extend_from_slice(json);
+    encode_varint(json_len as u64, &mut out);
     Some(out)
 }
 

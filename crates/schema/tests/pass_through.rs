@@ -156,6 +156,10 @@ fn encoded_pass_through_decodes_to_the_pass_through_form() {
             let written = schema::encode_pass_through(&read.batch, read.json).unwrap();
             let through = schema::pass_through(&read.batch, read.json).unwrap();
             assert_eq!(written, through.encode_to_vec(), "{shape}");
+            // Ingest sends the head and the JSON as two parts of one queue body.
+            let mut parts = schema::pass_through_head(&read.batch, read.json.len()).unwrap();
+            parts.extend_from_slice(read.json);
+            assert_eq!(parts, written, "{shape}");
         }
     }
 }

@@ -878,6 +878,7 @@ impl Transform {
             body: message.body.clone(),
             attributes,
             delay: self.backoff(copy_envelope.attempts),
+            ..Message::default()
         };
         match self.inner.queue.send(vec![copy]).await {
             Ok(()) => {
@@ -917,7 +918,7 @@ impl Transform {
         let copy = Message {
             body: message.body.clone(),
             attributes: message.attributes.clone(),
-            delay: Duration::ZERO,
+            ..Message::default()
         };
         let copied = dlq.send(vec![envelope::rejected(copy, reason)]).await;
         if let Err(e) = &copied {

@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use prost::Message as _;
 use runtime::envelope::{self, IngestEnvelope, content_type};
 use runtime::telemetry::TraceContext;
@@ -211,13 +212,20 @@ async fn accept(
                 // destination sends it on without decoding or encoding it again.
                 // (`skim_batches` read in full every batch that does not pass through, so no
                 // skimmed batch is encoded whole.)
-                let body = if door.passes_through() && as_sent {
-                    schema::encode_pass_through(&batch, json)
-                        .unwrap_or_else(|| batch.encode_to_vec())
-                } else {
-                    batch.encode_to_vec()
+                // The JSON goes to the queue after the ids as a view of the request, not
+                // copied in after them.
+                let head = (door.passes_through() && as_sent)
+                    .then(|| schema::pass_through_head(&batch, json.len()))
+                    .flatten();
+                let message = match head {
+                    Some(head) => {
+                        let mut message = queue_message(head, &source.id, door, now, &trace);
+                        message.body_rest = view_of(&bytes, json);
+                        message
+                    }
+                    None => queue_message(batch.encode_to_vec(), &source.id, door, now, &trace),
                 };
-                accepted.push(queue_message(body, &source.id, door, now, &trace));
+                accepted.push(message);
             }
             Err(errors) => {
                 let at = |e: String| if is_array { format!("[{i}] {e}") } else { e };
@@ -309,6 +317,17 @@ fn read_batches(bytes: &[u8], door: Door) -> Result<Vec<ReadPart<'_>>, ApiError>
             (json, super::read_batch(json))
         })
         .collect())
+}
+
+/// `part`, a slice of `whole`, as a view of `whole`'s buffer (a copy if it is not a slice of it).
+fn view_of(whole: &Bytes, part: &[u8]) -> Bytes {
+    let start = whole.as_ptr() as usize;
+    let at = part.as_ptr() as usize;
+    if at >= start && at + part.len() <= start + whole.len() {
+        whole.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
+    }
 }
 
 /// Validates one batch as mParticle would; historical batches by their rules too.

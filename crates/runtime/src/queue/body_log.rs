@@ -33,6 +33,19 @@ pub(super) const SEGMENT_BYTES: u64 = 32 << 20;
 /// full load and the collector frees a second's worth at once; an idle queue keeps none.
 const MAX_SPARES: usize = 4;
 
+/// One message's bytes for [`BodyLog::append_all`]: its body, in up to two parts written one
+/// after the other, and its attributes.
+pub(super) struct Record<'a> {
+    pub body: [&'a [u8]; 2],
+    pub attributes: &'a [u8],
+}
+
+impl Record<'_> {
+    fn len(&self) -> usize {
+        self.body[0].len() + self.body[1].len() + self.attributes.len()
+    }
+}
+
 /// A body and its attributes (JSON), one after the other in a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Place {
@@ -146,20 +159,21 @@ impl BodyLog {
         attributes: &[u8],
         capped: bool,
     ) -> Result<Place, QueueError> {
-        let places = self.append_all(&[(body, attributes)], capped)?;
+        let record = Record {
+            body: [body, &[]],
+            attributes,
+        };
+        let places = self.append_all(&[record], capped)?;
         places.into_iter().next().ok_or_else(full)
     }
 
     /// Appends several bodies with their attributes in one write (a send's messages).
     pub fn append_all(
         &mut self,
-        records: &[(&[u8], &[u8])],
+        records: &[Record<'_>],
         capped: bool,
     ) -> Result<Vec<Place>, QueueError> {
-        let len: u64 = records
-            .iter()
-            .map(|(body, attributes)| (body.len() + attributes.len()) as u64)
-            .sum();
+        let len: u64 = records.iter().map(|r| r.len() as u64).sum();
         if self.active_len >= self.segment_bytes {
             self.roll()?;
         }
@@ -174,18 +188,25 @@ impl BodyLog {
         let mut places = Vec::with_capacity(records.len());
         // The parts are handed to the kernel as they are (one `writev`), not first copied
         // into one buffer.
-        let mut parts = Vec::with_capacity(records.len() * 2);
+        let mut parts = Vec::with_capacity(records.len() * 3);
         let mut offset = self.active_len;
-        for (body, attributes) in records {
+        for record in records {
+            let body_len: usize = record.body.iter().map(|part| part.len()).sum();
             places.push(Place {
                 segment: self.active_id,
                 offset,
-                body_len: body.len() as u64,
-                attributes_len: attributes.len() as u64,
+                body_len: body_len as u64,
+                attributes_len: record.attributes.len() as u64,
             });
-            offset += (body.len() + attributes.len()) as u64;
-            parts.push(IoSlice::new(body));
-            parts.push(IoSlice::new(attributes));
+            offset += record.len() as u64;
+            parts.extend(
+                record
+                    .body
+                    .iter()
+                    .chain([&record.attributes])
+                    .filter(|part| !part.is_empty())
+                    .map(|part| IoSlice::new(part)),
+            );
         }
         if let Err(e) = write_all_vectored(&mut self.active, &mut parts) {
             // A partial write leaves the segment's end unknown: the next append starts a new

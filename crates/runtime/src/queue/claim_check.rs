@@ -80,7 +80,7 @@ impl<Q: Queue, S: ObjectStore> ClaimChecked<Q, S> {
 /// The body and attribute bytes of a message, the measure for backends that carry bytes as
 /// they are.
 pub fn plain_size(message: &Message) -> usize {
-    message.body.len()
+    message.body_len()
         + message
             .attributes
             .iter()
@@ -99,6 +99,7 @@ impl<Q: Queue, S: ObjectStore> Queue for ClaimChecked<Q, S> {
                 continue;
             }
             let key = format!("{}{}", self.prefix, uuid::Uuid::new_v4());
+            m.join_body();
             let body = std::mem::take(&mut m.body);
             // Stored before the message is sent: no message ever points at a missing object.
             self.store.put(&key, body).await?;

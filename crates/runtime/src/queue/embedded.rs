@@ -20,7 +20,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
-use super::body_log::{self, BodyLog, Place};
+use super::body_log::{self, BodyLog, Place, Record};
 use super::{Attributes, Depth, Message, Queue, QueueError, Receipt, ReceiveOptions, Received};
 use crate::now_ms;
 
@@ -297,7 +297,7 @@ fn hold_query_plans(conn: &Connection) -> Result<(), QueueError> {
 fn pack_header(messages: &[Message], attributes: &[Vec<u8>]) -> Vec<u8> {
     let mut header = Vec::with_capacity(messages.len() * 8);
     for (m, a) in messages.iter().zip(attributes) {
-        header.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
+        header.extend_from_slice(&(m.body_len() as u32).to_le_bytes());
         header.extend_from_slice(&(a.len() as u32).to_le_bytes());
     }
     header
@@ -1034,14 +1034,19 @@ impl Queue for EmbeddedQueue {
                             .then(|| pack_header(&messages[row.clone()], &attributes[row.clone()]))
                     })
                     .collect();
-                let mut records: Vec<(&[u8], &[u8])> =
-                    Vec::with_capacity(messages.len() + rows.len());
+                let mut records: Vec<Record> = Vec::with_capacity(messages.len() + rows.len());
                 for (row, header) in rows.iter().zip(&headers) {
                     if let Some(header) = header {
-                        records.push((header, &[]));
+                        records.push(Record {
+                            body: [header, &[]],
+                            attributes: &[],
+                        });
                     }
                     for i in row.clone() {
-                        records.push((&messages[i].body[..], &attributes[i][..]));
+                        records.push(Record {
+                            body: [&messages[i].body, &messages[i].body_rest],
+                            attributes: &attributes[i],
+                        });
                     }
                 }
                 let places = w.log.append_all(&records, true)?;
@@ -1307,7 +1312,7 @@ mod tests {
         let message = |attributes: &Attributes| Message {
             body: Bytes::from_static(b"body"),
             attributes: attributes.clone(),
-            delay: Duration::ZERO,
+            ..Message::default()
         };
         // One send of all of them (one packed row), then each alone (a row each).
         q.send(shapes.iter().map(message).collect()).await.unwrap();

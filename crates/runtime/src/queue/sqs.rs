@@ -201,6 +201,13 @@ impl SqsQueue {
     /// The size SQS counts for a message as we would send it: body (base64 if it is not SQS
     /// text) plus attribute names, types and values.
     pub fn wire_size(message: &Message) -> usize {
+        if !message.body_rest.is_empty() {
+            // Whether the body is SQS text depends on both parts together (a character may
+            // straddle them).
+            let mut joined = message.clone();
+            joined.join_body();
+            return Self::wire_size(&joined);
+        }
         let body = if is_sqs_text(&message.body) {
             message.body.len()
         } else {
@@ -382,7 +389,9 @@ impl Queue for SqsQueue {
         &self.url
     }
 
-    async fn send(&self, messages: Vec<Message>) -> Result<(), QueueError> {
+    async fn send(&self, mut messages: Vec<Message>) -> Result<(), QueueError> {
+        // SQS takes one body: a message in two parts is joined here, once.
+        messages.iter_mut().for_each(Message::join_body);
         let url = self.url.clone();
         self.send_to(&url, &messages).await
     }
@@ -454,7 +463,7 @@ impl Queue for SqsQueue {
                 .map(|m| Message {
                     body: m.body.clone(),
                     attributes: m.attributes.clone(),
-                    delay: Duration::ZERO,
+                    ..Message::default()
                 })
                 .collect();
             // Into the DLQ first, then out of here: a crash between leaves a duplicate, not a loss.
