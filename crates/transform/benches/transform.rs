@@ -103,4 +103,40 @@ async fn main() {
         bytes as f64 / elapsed / 1e6
     );
     println!("  decode step alone   {decode:>9.0} events/s  (protobuf, one core)");
+    dedupe_lookups();
+}
+
+/// The dedupe window's look-up of fresh keys (the common case) when each tier is full at its
+/// default cap, ten keys at a time as a batch's events are looked up: mostly cache misses.
+fn dedupe_lookups() {
+    use mpconnect_transform::dedupe::{DedupeSettings, DedupeWindow, Key, Tier};
+    let settings = DedupeSettings::default();
+    let window = DedupeWindow::new(settings.clone());
+    let keys = |n: usize, tag: &str| -> Vec<Key> {
+        (0..n).map(|i| Key::of(&[&i.to_string(), tag])).collect()
+    };
+    for (tier, cap) in [
+        (Tier::Batch, settings.max_batch_keys),
+        (Tier::Event, settings.max_event_keys),
+    ] {
+        for chunk in keys(cap, "held").chunks(200) {
+            window.insert_all(tier, chunk);
+        }
+        let fresh = keys(500_000, "fresh");
+        let started = Instant::now();
+        let found: usize = fresh
+            .chunks(10)
+            .map(|chunk| {
+                window
+                    .contains_each(tier, chunk)
+                    .iter()
+                    .filter(|&&b| b)
+                    .count()
+            })
+            .sum();
+        let per_key = started.elapsed().as_nanos() as f64 / fresh.len() as f64;
+        println!(
+            "  dedupe look-up      {per_key:>9.0} ns a fresh key, {tier:?} tier full ({cap} keys; {found} found)"
+        );
+    }
 }
