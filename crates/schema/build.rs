@@ -12,6 +12,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // every event (a pass-through event carries only its id).
     for boxed in [
         ".mpconnect.v1.Batch.device_info",
+        ".mpconnect.v1.Batch.application_info",
+        ".mpconnect.v1.Batch.user_identities",
+        ".mpconnect.v1.Batch.consent_state",
+        ".mpconnect.v1.Batch.context",
+        ".mpconnect.v1.Batch.source_info",
+        ".mpconnect.v1.Batch.attribution_info",
         ".mpconnect.v1.Event.device_current_state",
         ".mpconnect.v1.Event.location",
         ".mpconnect.v1.Event.kind.commerce_event",

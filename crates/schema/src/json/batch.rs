@@ -526,7 +526,7 @@ impl<'de> Visitor<'de> for BatchVisitor<'_> {
                 }
                 "user_identities" => match map.next_value_seed(KindSeed::<Identities>::new())? {
                     Ok(identities) => {
-                        batch.user_identities = Some(identities);
+                        batch.user_identities = Some(Box::new(identities));
                         extra.remove("user_identities");
                     }
                     Err(raw) => {

@@ -923,31 +923,35 @@ pub fn batch(mode: Mode, dialect: Dialect) -> BoxedStrategy<Batch> {
                 device_info: device_info.map(Box::new),
                 user_attributes,
                 deleted_user_attributes: deleted.map(|values| StringList { values }),
-                user_identities: identities.map(|values| UserIdentities { values }),
+                user_identities: identities.map(|values| Box::new(UserIdentities { values })),
                 mpid,
                 sdk_version,
                 // The official schema has `gdpr` as one consent, where mParticle's docs and SDKs
                 // have an object of purposes: the documented shape is generated leniently only.
-                consent_state: (!official).then(|| ConsentState {
-                    gdpr: Some(ConsentPurposes {
-                        values: gdpr.unwrap_or_default(),
-                    }),
-                    ccpa: if official {
-                        None
-                    } else {
-                        ccpa.map(|values| ConsentPurposes { values })
-                    },
-                    extra: BTreeMap::new(),
-                }),
-                context: plan.map(|(plan_id, version, location)| BatchContext {
-                    data_plan: Some(DataPlan {
-                        plan_id: Some(plan_id),
-                        plan_version: version,
+                consent_state: (!official)
+                    .then(|| ConsentState {
+                        gdpr: Some(ConsentPurposes {
+                            values: gdpr.unwrap_or_default(),
+                        }),
+                        ccpa: if official {
+                            None
+                        } else {
+                            ccpa.map(|values| ConsentPurposes { values })
+                        },
                         extra: BTreeMap::new(),
-                    }),
-                    location: if official { None } else { location },
-                    extra: BTreeMap::new(),
-                }),
+                    })
+                    .map(Box::new),
+                context: plan
+                    .map(|(plan_id, version, location)| BatchContext {
+                        data_plan: Some(DataPlan {
+                            plan_id: Some(plan_id),
+                            plan_version: version,
+                            extra: BTreeMap::new(),
+                        }),
+                        location: if official { None } else { location },
+                        extra: BTreeMap::new(),
+                    })
+                    .map(Box::new),
                 integration_attributes: integration.map(|m| NestedAttributes {
                     values: m
                         .into_iter()
@@ -964,18 +968,22 @@ pub fn batch(mode: Mode, dialect: Dialect) -> BoxedStrategy<Batch> {
                 }),
                 timestamp_unixtime_ms: timestamp,
                 batch_id,
-                source_info: source.map(|(channel, partner, historical)| SourceInfo {
-                    channel: Some(channel),
-                    partner,
-                    is_historical: historical,
-                    ..Default::default()
-                }),
-                attribution_info: attribution.map(|(sp, publisher, campaign)| AttributionInfo {
-                    service_provider: Some(sp),
-                    publisher: Some(publisher),
-                    campaign: Some(campaign),
-                    extra: BTreeMap::new(),
-                }),
+                source_info: source
+                    .map(|(channel, partner, historical)| SourceInfo {
+                        channel: Some(channel),
+                        partner,
+                        is_historical: historical,
+                        ..Default::default()
+                    })
+                    .map(Box::new),
+                attribution_info: attribution
+                    .map(|(sp, publisher, campaign)| AttributionInfo {
+                        service_provider: Some(sp),
+                        publisher: Some(publisher),
+                        campaign: Some(campaign),
+                        extra: BTreeMap::new(),
+                    })
+                    .map(Box::new),
                 message_id,
                 extra,
                 ..Default::default()
