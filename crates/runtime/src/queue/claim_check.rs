@@ -94,6 +94,10 @@ impl<Q: Queue, S: ObjectStore> Queue for ClaimChecked<Q, S> {
     }
 
     async fn send(&self, mut messages: Vec<Message>) -> Result<(), QueueError> {
+        // Joined once here for a backend that takes one body (SQS), before it is sized.
+        if !self.inner.takes_bodies_in_parts() {
+            messages.iter_mut().for_each(Message::join_body);
+        }
         for m in &mut messages {
             if (self.size_of)(m) <= self.threshold {
                 continue;
@@ -191,6 +195,10 @@ impl<Q: Queue, S: ObjectStore> Queue for ClaimChecked<Q, S> {
 
     async fn depth(&self) -> Result<Depth, QueueError> {
         self.inner.depth().await
+    }
+
+    fn takes_bodies_in_parts(&self) -> bool {
+        self.inner.takes_bodies_in_parts()
     }
 }
 

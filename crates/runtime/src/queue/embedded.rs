@@ -1001,6 +1001,11 @@ impl Queue for EmbeddedQueue {
         &self.name
     }
 
+    /// A body's parts go to the segment in one `writev`, not joined first.
+    fn takes_bodies_in_parts(&self) -> bool {
+        true
+    }
+
     async fn send(&self, messages: Vec<Message>) -> Result<(), QueueError> {
         if messages.is_empty() {
             return Ok(());

@@ -189,6 +189,11 @@ pub trait Queue: Send + Sync {
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
     /// Approximate depth.
     fn depth(&self) -> impl Future<Output = Result<Depth, QueueError>> + Send;
+    /// Whether `send` writes a body in two parts ([`Message::body_rest`]) as it is; a wrapper
+    /// joins the parts once, before anything else, for a backend that does not.
+    fn takes_bodies_in_parts(&self) -> bool {
+        false
+    }
 }
 
 /// Either backend, chosen by configuration at start-up.
@@ -228,6 +233,9 @@ impl Queue for AnyQueue {
     }
     async fn depth(&self) -> Result<Depth, QueueError> {
         delegate!(self, q => q.depth().await)
+    }
+    fn takes_bodies_in_parts(&self) -> bool {
+        delegate!(self, q => q.takes_bodies_in_parts())
     }
 }
 

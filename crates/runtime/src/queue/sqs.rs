@@ -203,7 +203,7 @@ impl SqsQueue {
     pub fn wire_size(message: &Message) -> usize {
         if !message.body_rest.is_empty() {
             // Whether the body is SQS text depends on both parts together (a character may
-            // straddle them).
+            // straddle them). The stages' claim check joins the parts before it sizes them.
             let mut joined = message.clone();
             joined.join_body();
             return Self::wire_size(&joined);
