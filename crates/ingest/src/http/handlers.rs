@@ -209,11 +209,10 @@ async fn accept(
                 spans.push(span);
                 // From the Events API (mParticle's inbound dialect), the batch travels as the
                 // sender's validated bytes beside the ids routing needs, so the mParticle
-                // destination sends it on without decoding or encoding it again.
+                // destination sends it on without decoding or encoding it again; the bytes go
+                // to the queue after the ids as a view of the request, not copied in.
                 // (`skim_batches` read in full every batch that does not pass through, so no
                 // skimmed batch is encoded whole.)
-                // The JSON goes to the queue after the ids as a view of the request, not
-                // copied in after them.
                 let head = (door.passes_through() && as_sent)
                     .then(|| schema::pass_through_head(&batch, json.len()))
                     .flatten();
