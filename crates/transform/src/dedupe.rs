@@ -525,11 +525,15 @@ impl Slices {
     /// Seals the newest slice and starts another (with its file), numbered after it.
     fn start_slice(&mut self, now: u64) {
         let seq = self.slices.back().map_or(0, |s| s.seq + 1);
+        let mut next = Slice::new(seq, now);
         if let Some(newest) = self.slices.back_mut() {
-            let keys: Vec<Key> = std::mem::take(&mut newest.open).into_iter().collect();
+            let keys: Vec<Key> = newest.open.drain().collect();
+            // The emptied set keeps its room for the next slice: grown from nothing again, each
+            // slice rehashed ~17 times and took fresh (kernel-zeroed) pages for it.
+            next.open = std::mem::take(&mut newest.open);
             self.seal_keys(keys);
         }
-        self.slices.push_back(Slice::new(seq, now));
+        self.slices.push_back(next);
         if let Some(journal) = &mut self.journal {
             let path = journal.path(seq);
             journal.file = match std::fs::OpenOptions::new()
