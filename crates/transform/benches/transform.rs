@@ -103,12 +103,13 @@ async fn main() {
         bytes as f64 / elapsed / 1e6
     );
     println!("  decode step alone   {decode:>9.0} events/s  (protobuf, one core)");
-    dedupe_lookups();
+    dedupe_window();
 }
 
-/// The dedupe window's look-up of fresh keys (the common case) when each tier is full at its
-/// default cap, ten keys at a time as a batch's events are looked up: mostly cache misses.
-fn dedupe_lookups() {
+/// The dedupe window, each tier filled to its default cap (the inserts through every slice's
+/// seal), then looked up for fresh keys (the common case) ten at a time as a batch's events
+/// are: mostly cache misses.
+fn dedupe_window() {
     use mpconnect_transform::dedupe::{DedupeSettings, DedupeWindow, Key, Tier};
     let settings = DedupeSettings::default();
     let window = DedupeWindow::new(settings.clone());

@@ -41,8 +41,12 @@ pub(super) struct Record<'a> {
 }
 
 impl Record<'_> {
+    fn body_len(&self) -> usize {
+        self.body[0].len() + self.body[1].len()
+    }
+
     fn len(&self) -> usize {
-        self.body[0].len() + self.body[1].len() + self.attributes.len()
+        self.body_len() + self.attributes.len()
     }
 }
 
@@ -191,11 +195,10 @@ impl BodyLog {
         let mut parts = Vec::with_capacity(records.len() * 3);
         let mut offset = self.active_len;
         for record in records {
-            let body_len: usize = record.body.iter().map(|part| part.len()).sum();
             places.push(Place {
                 segment: self.active_id,
                 offset,
-                body_len: body_len as u64,
+                body_len: record.body_len() as u64,
                 attributes_len: record.attributes.len() as u64,
             });
             offset += record.len() as u64;

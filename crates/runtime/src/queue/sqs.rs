@@ -201,17 +201,19 @@ impl SqsQueue {
     /// The size SQS counts for a message as we would send it: body (base64 if it is not SQS
     /// text) plus attribute names, types and values.
     pub fn wire_size(message: &Message) -> usize {
-        if !message.body_rest.is_empty() {
-            // Whether the body is SQS text depends on both parts together (a character may
-            // straddle them). The stages' claim check joins the parts before it sizes them.
-            let mut joined = message.clone();
-            joined.join_body();
-            return Self::wire_size(&joined);
-        }
-        let body = if is_sqs_text(&message.body) {
-            message.body.len()
+        // Whether the body is SQS text depends on both parts together (a character may
+        // straddle them). The stages' claim check joins the parts before it sizes them.
+        let joined;
+        let body: &[u8] = if message.body_rest.is_empty() {
+            &message.body
         } else {
-            message.body.len().div_ceil(3) * 4
+            joined = [&message.body[..], &message.body_rest[..]].concat();
+            &joined
+        };
+        let body = if is_sqs_text(body) {
+            body.len()
+        } else {
+            body.len().div_ceil(3) * 4
         };
         let attributes: usize = message
             .attributes
