@@ -946,16 +946,15 @@ fn receive_now(
                 dead_lettered = true;
                 continue;
             }
-            let receive_count = u32::try_from(count).unwrap_or(u32::MAX);
             let (body, attributes) = w.log.read(place)?;
             if parts.parts == 1 {
-                out.push(Received {
-                    message_id: id.to_string(),
-                    receipt: receipt(id, count, None),
+                out.push(Taken {
+                    id,
+                    part: None,
+                    count,
+                    sent_at,
                     body: Bytes::from(body),
-                    attributes: received_attributes(&attributes),
-                    receive_count,
-                    sent_at_ms: sent_at,
+                    attributes: Bytes::from(attributes),
                 });
                 continue;
             }
@@ -970,13 +969,13 @@ fn receive_now(
                 })?;
             for part in parts.left() {
                 let (body, attributes) = messages[part as usize].clone();
-                out.push(Received {
-                    message_id: format!("{id}.{part}"),
-                    receipt: receipt(id, count, Some(part)),
+                out.push(Taken {
+                    id,
+                    part: Some(part),
+                    count,
+                    sent_at,
                     body,
-                    attributes: received_attributes(&attributes),
-                    receive_count,
-                    sent_at_ms: sent_at,
+                    attributes,
                 });
             }
         }
@@ -1003,13 +1002,43 @@ fn receive_now(
 
 /// What one receive took, and what it saw.
 struct Receive {
-    messages: Vec<Received>,
+    messages: Vec<Taken>,
     /// Visible messages were left that did not fit: another receiver may take them.
     more: bool,
     /// When there were none: when the next one becomes visible.
     next_visible: Option<i64>,
     /// Some were moved to the dead-letter queue.
     dead_lettered: bool,
+}
+
+/// A message a receive claimed, as the writer thread read it. The receiver makes its
+/// [`Received`] (ids, receipt, attributes decoded): what it allocates is then its own to free,
+/// not the writer thread's (a free from another thread costs the allocator more), and the one
+/// writer thread every queue shares does less.
+struct Taken {
+    id: i64,
+    /// Its part of a packed row, if it is in one.
+    part: Option<i64>,
+    count: i64,
+    sent_at: i64,
+    body: Bytes,
+    attributes: Bytes,
+}
+
+impl Taken {
+    fn into_received(self) -> Received {
+        Received {
+            message_id: match self.part {
+                None => self.id.to_string(),
+                Some(part) => format!("{}.{part}", self.id),
+            },
+            receipt: receipt(self.id, self.count, self.part),
+            body: self.body,
+            attributes: received_attributes(&self.attributes),
+            receive_count: u32::try_from(self.count).unwrap_or(u32::MAX),
+            sent_at_ms: self.sent_at,
+        }
+    }
 }
 
 impl Queue for EmbeddedQueue {
@@ -1092,7 +1121,8 @@ impl Queue for EmbeddedQueue {
                     };
                     insert_entry(&w.conn, None, &queue, now, visible_at, 0, place, parts)?;
                 }
-                Ok(())
+                // Handed back to be freed by the sender's thread, which allocated them.
+                Ok((messages, attributes))
             })
             .await?;
         self.arrivals.notify_one();
@@ -1129,11 +1159,11 @@ impl Queue for EmbeddedQueue {
                 if more || messages.len() == max {
                     self.arrivals.notify_one();
                 }
-                return Ok(messages);
+                return Ok(messages.into_iter().map(Taken::into_received).collect());
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(messages);
+                return Ok(Vec::new());
             }
             let mut wake = deadline;
             if let Some(at) = next_visible {
