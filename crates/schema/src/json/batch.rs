@@ -236,12 +236,20 @@ impl<'de> Visitor<'de> for IdentitiesVisitor {
 // ---------------------------------------------------------------------------------------------
 // Events.
 
-/// An event, with the whole body it is read from when its type may be looked ahead for.
-struct EventSeed<'i>(Option<&'i [u8]>);
-impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
-    type Value = Event;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
-        d.deserialize_map(EventVisitor(self.0))
+/// An event, with the whole body it is read from when its type may be looked ahead for, read
+/// into its place in the list: an `Event` is 544 bytes, and returned by value it was copied
+/// through each of the reader's layers and then into the list.
+struct EventSeed<'i, 'e> {
+    input: Option<&'i [u8]>,
+    into: &'e mut Event,
+}
+impl<'de> DeserializeSeed<'de> for EventSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(EventVisitor {
+            input: self.input,
+            event: self.into,
+        })
     }
 }
 
@@ -280,14 +288,18 @@ fn guess_kind(input: &[u8], key: &str) -> Option<event::Kind> {
     kind_for(std::str::from_utf8(&rest[..end]).ok()?)
 }
 
-struct EventVisitor<'i>(Option<&'i [u8]>);
-impl<'de> Visitor<'de> for EventVisitor<'_> {
-    type Value = Event;
+/// Reads an event into `event`, which starts empty.
+struct EventVisitor<'i, 'e> {
+    input: Option<&'i [u8]>,
+    event: &'e mut Event,
+}
+impl<'de> Visitor<'de> for EventVisitor<'_, '_> {
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an event object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
-        let mut event = Event::default();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let event = self.event;
         let mut extra = Extra::new();
         let mut data_extra = Extra::new();
         // `data` often comes before `event_type` (the Python SDK and mParticle's own sample
@@ -333,12 +345,12 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
                 "data" if guessed => return Err(de::Error::custom(MISGUESSED)),
                 "data" if type_seen => {
                     map.next_value_seed(DataSeed {
-                        event: &mut event,
+                        event: &mut *event,
                         extra: &mut data_extra,
                     })?;
                 }
                 "data" => {
-                    let guess = match (self.0, &key.0) {
+                    let guess = match (self.input, &key.0) {
                         (Some(input), Cow::Borrowed(key)) if pending_data.is_none() => {
                             guess_kind(input, key)
                         }
@@ -348,7 +360,7 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
                         event.kind = guess;
                         guessed = true;
                         map.next_value_seed(DataSeed {
-                            event: &mut event,
+                            event: &mut *event,
                             extra: &mut data_extra,
                         })?;
                     } else {
@@ -364,7 +376,7 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
         if let Some(raw) = pending_data {
             let mut d = serde_json::Deserializer::from_str(raw.get());
             DataSeed {
-                event: &mut event,
+                event: &mut *event,
                 extra: &mut data_extra,
             }
             .deserialize(&mut d)
@@ -372,7 +384,7 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
         }
         event.extra = extra;
         event.data_extra = data_extra;
-        Ok(event)
+        Ok(())
     }
 }
 
@@ -445,8 +457,19 @@ impl<'de> Visitor<'de> for EventsVisitor<'_> {
         // An `Event` is ~1.5 KB: growing the list a doubling at a time copied ~22 KB for a
         // batch of ten.
         let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(crate::EVENTS_GUESS));
-        while let Some(event) = seq.next_element_seed(EventSeed(self.0))? {
-            events.push(event);
+        loop {
+            events.push(Event::default());
+            let Some(into) = events.last_mut() else {
+                break;
+            };
+            let seed = EventSeed {
+                input: self.0,
+                into,
+            };
+            if seq.next_element_seed(seed)?.is_none() {
+                events.pop();
+                break;
+            }
         }
         Ok(Ok(events))
     }
