@@ -225,11 +225,30 @@ pub(crate) const EVENTS_GUESS: usize = 16;
 /// fields): an `Event` is ~1.5 KB, and growing the list a doubling at a time copied ~22 KB for
 /// a batch of ten.
 /// Read from the message's shared buffer, a pass-through batch's JSON is not copied.
+/// Each event is read into its place in the list: prost's own loop builds an event apart and
+/// moves it in (544 bytes an event). The loop is `Message::merge`'s, field by field.
 pub fn decode_batch_proto(bytes: &prost::bytes::Bytes) -> Result<v1::Batch, prost::DecodeError> {
     use prost::Message;
+    use prost::bytes::Buf;
+    use prost::encoding::{DecodeContext, decode_key, message};
     let mut batch = v1::Batch::default();
     batch.events.reserve_exact(count_events(bytes));
-    batch.merge(bytes.clone())?;
+    let mut buf = bytes.clone();
+    let context = DecodeContext::default();
+    while buf.has_remaining() {
+        let (tag, wire_type) = decode_key(&mut buf)?;
+        if tag != EVENTS_FIELD {
+            batch.merge_field(tag, wire_type, &mut buf, context.clone())?;
+            continue;
+        }
+        batch.events.push(v1::Event::default());
+        if let Some(event) = batch.events.last_mut() {
+            message::merge(wire_type, event, &mut buf, context.clone()).map_err(|mut e| {
+                e.push("Batch", "events");
+                e
+            })?;
+        }
+    }
     Ok(batch)
 }
 

@@ -191,6 +191,20 @@ fn decode_batch_proto_reads_what_prost_reads() {
             assert!(buffer.contains(&read.inbound_json.as_ptr()));
         }
     }
+    // Events after other fields (two batches' bytes one after the other merge into one, as
+    // prost merges them).
+    let mut two = batch.encode_to_vec();
+    two.extend(
+        schema::decode_batch(SENT.as_bytes())
+            .unwrap()
+            .encode_to_vec(),
+    );
+    let mut merged = Batch::decode(&batch.encode_to_vec()[..]).unwrap();
+    merged.merge(&two[batch.encode_to_vec().len()..]).unwrap();
+    assert_eq!(
+        schema::decode_batch_proto(&Bytes::from(two)).unwrap(),
+        merged
+    );
     let bytes = Bytes::from(batch.encode_to_vec());
     assert!(schema::decode_batch_proto(&bytes.slice(..bytes.len() - 1)).is_err());
     assert!(schema::decode_batch_proto(&Bytes::from_static(&[0xff; 3])).is_err());
