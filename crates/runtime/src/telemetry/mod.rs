@@ -103,7 +103,7 @@ impl TraceContext {
         let trace: u128 = rand::random::<u128>().max(1);
         let span: u64 = rand::random::<u64>().max(1);
         TraceContext {
-            traceparent: format!("00-{trace:032x}-{span:016x}-01"),
+            traceparent: new_traceparent(trace, span),
             tracestate: None,
         }
     }
@@ -111,6 +111,23 @@ impl TraceContext {
     pub fn trace_id(&self) -> &str {
         &self.traceparent[3..35]
     }
+}
+
+/// `00-{trace:032x}-{span:016x}-01`, written digit by digit: every batch starts a trace, and
+/// `format!`'s machinery cost several times the writing (0.7% of `mpconnect all`'s CPU).
+fn new_traceparent(trace: u128, span: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    for shift in (0..32).rev() {
+        out.push(char::from(HEX[((trace >> (shift * 4)) & 0xf) as usize]));
+    }
+    out.push('-');
+    for shift in (0..16).rev() {
+        out.push(char::from(HEX[((span >> (shift * 4)) & 0xf) as usize]));
+    }
+    out.push_str("-01");
+    out
 }
 
 /// A `tracestate` worth carrying on: not empty, and within W3C's 512 characters (a longer one
@@ -126,6 +143,22 @@ fn is_valid_traceparent(t: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_traceparent_is_what_format_writes() {
+        for (trace, span) in [
+            (1u128, 1u64),
+            (u128::MAX, u64::MAX),
+            (0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331),
+            (rand::random::<u128>(), rand::random::<u64>()),
+        ] {
+            assert_eq!(
+                new_traceparent(trace, span),
+                format!("00-{trace:032x}-{span:016x}-01")
+            );
+        }
+        assert!(is_valid_traceparent(&TraceContext::start().traceparent));
+    }
 
     #[test]
     fn continues_valid_and_replaces_invalid_parents() {
