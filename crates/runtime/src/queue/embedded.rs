@@ -100,21 +100,26 @@ const COLLECT_AFTER_ROLL: Duration = Duration::from_millis(50);
 /// and ackers share a commit instead of queueing for one each; nobody hears "done" before the
 /// data is committed.
 fn writer(mut w: Writer, jobs: std::sync::mpsc::Receiver<Job>) {
+    // The last pass of either kind, and the last periodic one: the passes after rolls must
+    // not put the periodic one off.
     let mut collected = Instant::now();
+    let mut collected_thoroughly = collected;
     let mut rolls_collected = w.log.rolls();
     loop {
-        let since = collected.elapsed();
+        let thorough = collected_thoroughly.elapsed() >= COLLECT_EVERY;
         let rolled = w.log.rolls() != rolls_collected;
-        if since >= COLLECT_EVERY || (rolled && since >= COLLECT_AFTER_ROLL) {
+        if thorough || (rolled && collected.elapsed() >= COLLECT_AFTER_ROLL) {
             // Between the periodic passes only what is wholly free is taken: compacting a
             // segment or closing a drained queue's files waits for the periodic pass, so a
             // segment half acknowledged at full speed is not copied out for being caught
             // mid-way.
-            let thorough = since >= COLLECT_EVERY;
             if let Err(e) = collect(&mut w, thorough) {
                 tracing::warn!(error = %e, "embedded queue: cannot collect segments");
             }
             collected = Instant::now();
+            if thorough {
+                collected_thoroughly = collected;
+            }
             rolls_collected = w.log.rolls();
         }
         let first = match jobs.recv_timeout(COLLECT_EVERY) {
@@ -1569,6 +1574,49 @@ mod tests {
             "{} files made for {rounds} segments",
             inodes.len()
         );
+    }
+
+    /// The passes after rolls do not put off the periodic one: a segment that one held message
+    /// still pins is compacted while the queue keeps rolling.
+    #[tokio::test]
+    async fn a_rolling_queue_still_compacts_what_a_held_message_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let db = EmbeddedDb::open_with_segments(&path, EmbeddedSync::Normal, 4096).unwrap();
+        let queue = db.queue("q");
+        // Ten small messages fill the first segment; all but one are acknowledged.
+        queue
+            .send(
+                (0..10)
+                    .map(|i| Message::new(format!("{i}").repeat(400)))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let first = queue.receive(options(10)).await.unwrap();
+        assert_eq!(first.len(), 10);
+        let done: Vec<Receipt> = first[1..].iter().map(|m| m.receipt.clone()).collect();
+        queue.ack(&done).await.unwrap();
+        let pinned = segments_dir(&path).join(format!("{:012}.seg", 1));
+        assert!(pinned.exists());
+        let until = Instant::now() + Duration::from_secs(5);
+        while pinned.exists() && Instant::now() < until {
+            // A segment's worth a send: every send rolls, and each roll is collected after.
+            queue
+                .send(vec![Message::new("r".repeat(4096))])
+                .await
+                .unwrap();
+            let got = queue.receive(options(10)).await.unwrap();
+            let receipts: Vec<Receipt> = got.iter().map(|m| m.receipt.clone()).collect();
+            queue.ack(&receipts).await.unwrap();
+            tokio::time::sleep(COLLECT_AFTER_ROLL + Duration::from_millis(10)).await;
+        }
+        assert!(!pinned.exists(), "the pinned segment was never compacted");
+        // The held message moved with its body.
+        queue.nack(&first[0].receipt, Duration::ZERO).await.unwrap();
+        let again = receive_all(&queue).await;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].body, first[0].body);
     }
 
     /// Bodies and attributes read back after a restart, and a database from before the
