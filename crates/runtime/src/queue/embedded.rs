@@ -1344,6 +1344,26 @@ mod tests {
         std::fs::read_dir(segments_dir(path)).unwrap().count()
     }
 
+    /// A database in a fresh directory (kept while the first is held) whose segments roll
+    /// every 4 KB.
+    fn small_segments() -> (tempfile::TempDir, PathBuf, EmbeddedDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let db = EmbeddedDb::open_with_segments(&path, EmbeddedSync::Normal, 4096).unwrap();
+        (dir, path, db)
+    }
+
+    /// Sends a segment's worth (the send rolls), takes it and acknowledges it, and gives the
+    /// writer time to collect after the roll.
+    async fn roll_once(queue: &EmbeddedQueue, body: String) {
+        queue.send(vec![Message::new(body)]).await.unwrap();
+        let got = queue.receive(options(10)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        let receipts: Vec<Receipt> = got.iter().map(|m| m.receipt.clone()).collect();
+        queue.ack(&receipts).await.unwrap();
+        tokio::time::sleep(COLLECT_AFTER_ROLL + Duration::from_millis(10)).await;
+    }
+
     /// Attributes come back as they were sent, alone in a row and packed with others, in the
     /// binary form on disk; a record from before (JSON) still reads; damage reads as nothing.
     #[tokio::test]
@@ -1500,9 +1520,7 @@ mod tests {
     /// unacknowledged messages still hold is compacted into the active one, bodies intact.
     #[tokio::test]
     async fn segments_go_once_their_messages_are_acknowledged() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let db = EmbeddedDb::open_with_segments(&path, EmbeddedSync::Normal, 4096).unwrap();
+        let (_dir, path, db) = small_segments();
         let queue = db.queue("q");
         let body = |i: usize| format!("{i:04}").repeat(256);
         for chunk in (0..100).collect::<Vec<_>>().chunks(10) {
@@ -1548,26 +1566,15 @@ mod tests {
     #[tokio::test]
     async fn segments_freed_between_rolls_are_written_over_not_made_anew() {
         use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let db = EmbeddedDb::open_with_segments(&path, EmbeddedSync::Normal, 4096).unwrap();
+        let (_dir, path, db) = small_segments();
         let queue = db.queue("q");
         let mut inodes = std::collections::HashSet::new();
         let rounds = 30;
         for i in 0..rounds {
-            // A body the size of a segment: every send rolls to a new one.
-            queue
-                .send(vec![Message::new(format!("{i:04}").repeat(1024))])
-                .await
-                .unwrap();
+            roll_once(&queue, format!("{i:04}").repeat(1024)).await;
             for entry in std::fs::read_dir(segments_dir(&path)).unwrap() {
                 inodes.insert(entry.unwrap().metadata().unwrap().ino());
             }
-            let got = queue.receive(options(10)).await.unwrap();
-            assert_eq!(got.len(), 1);
-            let receipts: Vec<Receipt> = got.iter().map(|m| m.receipt.clone()).collect();
-            queue.ack(&receipts).await.unwrap();
-            tokio::time::sleep(COLLECT_AFTER_ROLL + Duration::from_millis(10)).await;
         }
         assert!(
             inodes.len() <= 8,
@@ -1580,9 +1587,7 @@ mod tests {
     /// still pins is compacted while the queue keeps rolling.
     #[tokio::test]
     async fn a_rolling_queue_still_compacts_what_a_held_message_pins() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let db = EmbeddedDb::open_with_segments(&path, EmbeddedSync::Normal, 4096).unwrap();
+        let (_dir, path, db) = small_segments();
         let queue = db.queue("q");
         // Ten small messages fill the first segment; all but one are acknowledged.
         queue
@@ -1601,15 +1606,7 @@ mod tests {
         assert!(pinned.exists());
         let until = Instant::now() + Duration::from_secs(5);
         while pinned.exists() && Instant::now() < until {
-            // A segment's worth a send: every send rolls, and each roll is collected after.
-            queue
-                .send(vec![Message::new("r".repeat(4096))])
-                .await
-                .unwrap();
-            let got = queue.receive(options(10)).await.unwrap();
-            let receipts: Vec<Receipt> = got.iter().map(|m| m.receipt.clone()).collect();
-            queue.ack(&receipts).await.unwrap();
-            tokio::time::sleep(COLLECT_AFTER_ROLL + Duration::from_millis(10)).await;
+            roll_once(&queue, "r".repeat(4096)).await;
         }
         assert!(!pinned.exists(), "the pinned segment was never compacted");
         // The held message moved with its body.
