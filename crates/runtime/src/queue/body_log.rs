@@ -79,8 +79,6 @@ pub(super) struct BodyLog {
     segment_bytes: u64,
     full_sync: bool,
     unsynced: bool,
-    /// Times the active segment rolled: the writer collects soon after one.
-    rolls: u64,
 }
 
 pub(super) fn full() -> QueueError {
@@ -132,7 +130,6 @@ impl BodyLog {
             segment_bytes,
             full_sync,
             unsynced: false,
-            rolls: 0,
         })
     }
 
@@ -144,11 +141,6 @@ impl BodyLog {
         if let Some(cap) = cap {
             self.segment_bytes = self.segment_bytes.min((cap / 8).max(64 * 1024));
         }
-    }
-
-    /// Times the active segment has rolled since the log was opened.
-    pub fn rolls(&self) -> u64 {
-        self.rolls
     }
 
     /// The active segment's id, and whether anything was written to it.
@@ -291,7 +283,6 @@ impl BodyLog {
         self.active_id = next;
         self.active_len = 0;
         self.written.insert(next, 0);
-        self.rolls += 1;
         Ok(())
     }
 

@@ -104,10 +104,11 @@ fn writer(mut w: Writer, jobs: std::sync::mpsc::Receiver<Job>) {
     // not put the periodic one off.
     let mut collected = Instant::now();
     let mut collected_thoroughly = collected;
-    let mut rolls_collected = w.log.rolls();
+    // A roll starts the next segment id: a new active id means the log rolled since.
+    let mut active_collected = w.log.active().0;
     loop {
         let thorough = collected_thoroughly.elapsed() >= COLLECT_EVERY;
-        let rolled = w.log.rolls() != rolls_collected;
+        let rolled = w.log.active().0 != active_collected;
         if thorough || (rolled && collected.elapsed() >= COLLECT_AFTER_ROLL) {
             // Between the periodic passes only what is wholly free is taken: compacting a
             // segment or closing a drained queue's files waits for the periodic pass, so a
@@ -120,7 +121,7 @@ fn writer(mut w: Writer, jobs: std::sync::mpsc::Receiver<Job>) {
             if thorough {
                 collected_thoroughly = collected;
             }
-            rolls_collected = w.log.rolls();
+            active_collected = w.log.active().0;
         }
         let first = match jobs.recv_timeout(COLLECT_EVERY) {
             Ok(job) => job,
