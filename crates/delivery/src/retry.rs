@@ -127,10 +127,8 @@ mod tests {
         // An empty body decodes as a RoutedBatch without a batch.
         assert!(parked_from(&received(Vec::new())).is_err());
         let mut gone = received(Vec::new());
-        gone.attributes.insert(
-            runtime::envelope::attr::CLAIM_CHECK.into(),
-            "claims/gone".into(),
-        );
+        gone.attributes
+            .insert(runtime::envelope::attr::CLAIM_CHECK, "claims/gone");
         let why = parked_from(&gone).err().unwrap();
         assert!(why.contains("claims/gone is missing"), "{why}");
     }

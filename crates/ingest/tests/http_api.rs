@@ -119,14 +119,14 @@ async fn bare_paths_and_queue_attributes() {
     let got = drain(&server.queue).await;
     assert_eq!(got.len(), 1);
     let a = &got[0].attributes;
-    assert_eq!(a[attr::SOURCE], "web");
-    assert_eq!(a[attr::TRACEPARENT], traceparent);
-    assert_eq!(a[attr::TRACESTATE], "vendor=x");
+    assert_eq!(&a[attr::SOURCE], "web");
+    assert_eq!(&a[attr::TRACEPARENT], traceparent);
+    assert_eq!(&a[attr::TRACESTATE], "vendor=x");
     assert_eq!(
-        a[attr::CONTENT_TYPE],
+        &a[attr::CONTENT_TYPE],
         runtime::envelope::content_type::BATCH
     );
-    assert_eq!(a[attr::ENDPOINT], "events");
+    assert_eq!(&a[attr::ENDPOINT], "events");
     let received_at: i64 = a[attr::RECEIVED_AT].parse().unwrap();
     assert!((runtime::now_ms() - received_at).abs() < 60_000);
 
@@ -172,7 +172,7 @@ async fn webhook_outbound_batches_arrive_with_each_authorization_form() {
     assert_eq!(response.status(), 202);
     let got = drain(&server.queue).await;
     assert_eq!(got.len(), 2);
-    assert_eq!(got[0].attributes[attr::ENDPOINT], "webhook");
+    assert_eq!(&got[0].attributes[attr::ENDPOINT], "webhook");
 
     for (authorization, status) in [
         (Some("Bearer wrong"), 403),
@@ -396,8 +396,8 @@ async fn historical_batches_follow_their_extra_rules() {
         202
     );
     let got = drain(&server.queue).await;
-    assert_eq!(got[0].attributes[attr::HISTORICAL], "true");
-    assert_eq!(got[0].attributes[attr::ENDPOINT], "historical");
+    assert_eq!(&got[0].attributes[attr::HISTORICAL], "true");
+    assert_eq!(&got[0].attributes[attr::ENDPOINT], "historical");
     assert_refused(
         post("/v2/bulkevents/historical", &server, with_ts(recent)).await,
         400,

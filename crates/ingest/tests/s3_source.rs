@@ -183,7 +183,7 @@ async fn plain_and_gzip_files_in_every_layout_arrive_line_for_line() {
     let got = collect(&p.queue, 40, Duration::from_secs(60)).await;
     assert_eq!(got.len(), 40);
     for (message, batch) in got.iter().zip(decode(&got)) {
-        let object = message.attributes[attr::S3_OBJECT].clone();
+        let object = message.attributes[attr::S3_OBJECT].to_owned();
         let line: u64 = message.attributes[attr::S3_LINE].parse().unwrap();
         let original = &sent[&(object.clone(), line)];
         assert_eq!(
@@ -191,13 +191,13 @@ async fn plain_and_gzip_files_in_every_layout_arrive_line_for_line() {
             schema::parse_batch(original.as_bytes()).unwrap(),
             "{object} line {line}"
         );
-        assert_eq!(message.attributes[attr::SOURCE], "mparticle-s3");
+        assert_eq!(&message.attributes[attr::SOURCE], "mparticle-s3");
         assert_eq!(message.attributes[attr::BATCH_ID].len(), 32);
     }
     // One trace per object.
     let traces: BTreeMap<String, std::collections::BTreeSet<String>> =
         got.iter().fold(BTreeMap::new(), |mut acc, m| {
-            acc.entry(m.attributes[attr::S3_OBJECT].clone())
+            acc.entry(m.attributes[attr::S3_OBJECT].to_owned())
                 .or_default()
                 .insert(m.attributes["traceparent"][3..35].to_owned());
             acc
@@ -301,9 +301,9 @@ async fn one_malformed_line_costs_only_itself() {
     assert_eq!(good, [1, 2, 4, 5]);
     let dead = collect(&p.dead_letter, 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].attributes[attr::S3_LINE], "3");
+    assert_eq!(&dead[0].attributes[attr::S3_LINE], "3");
     assert_eq!(
-        dead[0].attributes[attr::S3_OBJECT],
+        &dead[0].attributes[attr::S3_OBJECT],
         format!("s3://{bucket}/App_20261129120000123456_11111.txt")
     );
     assert!(
@@ -414,7 +414,7 @@ async fn a_consumer_killed_mid_object_loses_no_line() {
         by_line
             .entry(message.attributes[attr::S3_LINE].parse().unwrap())
             .or_default()
-            .push(message.attributes[attr::BATCH_ID].clone());
+            .push(message.attributes[attr::BATCH_ID].to_owned());
     }
     assert_eq!(by_line.len(), 300, "every line arrived");
     assert!(

@@ -217,7 +217,7 @@ mod tests {
                     .contains_key(runtime::envelope::attr::REJECTED_BECAUSE)
             );
             assert_eq!(
-                m.attributes[runtime::envelope::attr::ROUTE],
+                &m.attributes[runtime::envelope::attr::ROUTE],
                 "c/mp",
                 "the routes still owed"
             );

@@ -208,10 +208,7 @@ pub async fn claim_check_round_trip_of_1_mib(f: Fixture) {
         .find(|m| m.body.len() > 1000)
         .expect("the large message");
     assert_eq!(large.body, Bytes::from(body));
-    assert_eq!(
-        large.attributes.get(attr::SOURCE).map(String::as_str),
-        Some("s3")
-    );
+    assert_eq!(large.attributes.get(attr::SOURCE), Some("s3"));
     assert!(
         !large.attributes.contains_key(attr::CLAIM_CHECK),
         "the pointer is not the receiver's business"
@@ -339,7 +336,7 @@ pub async fn a_body_in_two_parts_arrives_as_one(f: Fixture) {
         assert_eq!(m.body, joined(&sent[n]), "message {n}");
     }
     assert_eq!(
-        got.iter().find(|m| m.attributes["n"] == "6").unwrap().body,
+        got.iter().find(|m| &m.attributes["n"] == "6").unwrap().body,
         Bytes::from(large)
     );
     f.queue

@@ -700,7 +700,7 @@ async fn messages_nothing_can_be_done_with_go_to_the_dead_letter_queue() {
         .unwrap();
     let mut reasons: Vec<_> = dead
         .iter()
-        .map(|m| m.attributes["mp-rejected-because"].clone())
+        .map(|m| m.attributes["mp-rejected-because"].to_owned())
         .collect();
     reasons.sort();
     assert_eq!(reasons.len(), 4, "{reasons:?}");

@@ -107,7 +107,7 @@ impl<Q: Queue, S: ObjectStore> Queue for ClaimChecked<Q, S> {
             let body = std::mem::take(&mut m.body);
             // Stored before the message is sent: no message ever points at a missing object.
             self.store.put(&key, body).await?;
-            m.attributes.insert(attr::CLAIM_CHECK.to_owned(), key);
+            m.attributes.insert(attr::CLAIM_CHECK, key);
         }
         self.inner.send(messages).await
     }
@@ -117,7 +117,7 @@ impl<Q: Queue, S: ObjectStore> Queue for ClaimChecked<Q, S> {
         let holds_until = Instant::now() + options.visibility;
         let mut messages = self.inner.receive(options).await?;
         for m in &mut messages {
-            let Some(key) = m.attributes.get(attr::CLAIM_CHECK).cloned() else {
+            let Some(key) = m.attributes.get(attr::CLAIM_CHECK).map(str::to_owned) else {
                 continue;
             };
             match self.store.get_bytes(&key).await {

@@ -4,18 +4,19 @@
 //! acknowledged; after `max_receives` receives it moves to the dead-letter queue instead. Both
 //! backends honour the same contract; `tests/queue_contract.rs` runs one suite against both.
 
+mod attributes;
 mod body_log;
 mod claim_check;
 mod embedded;
 mod heartbeat;
 mod sqs;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use attributes::Attributes;
 pub use claim_check::{ClaimChecked, DEFAULT_CLAIM_CHECK_THRESHOLD, plain_size};
 pub use embedded::{EmbeddedDb, EmbeddedQueue, EmbeddedSync};
 pub use heartbeat::Heartbeat;
@@ -23,9 +24,6 @@ pub use sqs::{Keeping, SqsQueue, SqsSettings};
 
 use crate::envelope::attr;
 use crate::store::StoreError;
-
-/// Message attributes: string keys to string values (SQS allows at most 10 per message).
-pub type Attributes = BTreeMap<String, String>;
 
 /// A message to send.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -75,8 +73,8 @@ impl Message {
         self.body_rest = Bytes::new();
     }
 
-    pub fn with_attribute(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.attributes.insert(key.to_owned(), value.into());
+    pub fn with_attribute(mut self, key: &str, value: impl AsRef<str>) -> Self {
+        self.attributes.insert(key, value);
         self
     }
 }

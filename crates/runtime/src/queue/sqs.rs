@@ -233,7 +233,7 @@ impl SqsQueue {
             // Checked just above.
             String::from_utf8_lossy(&message.body).into_owned()
         } else {
-            attributes.insert(BODY_ENCODING.to_owned(), "base64".to_owned());
+            attributes.insert(BODY_ENCODING, "base64");
             base64_encode(&message.body)
         };
         if attributes.len() > MAX_SQS_ATTRIBUTES {
@@ -241,9 +241,9 @@ impl SqsQueue {
             let packed = serde_json::to_string(&attributes)
                 .map_err(|e| QueueError::Rejected(format!("packing attributes: {e}")))?;
             attributes.clear();
-            attributes.insert(PACKED_ATTRIBUTES.to_owned(), packed);
+            attributes.insert(PACKED_ATTRIBUTES, packed);
             if let Some(encoding) = encoding {
-                attributes.insert(BODY_ENCODING.to_owned(), encoding);
+                attributes.insert(BODY_ENCODING, encoding);
             }
         }
         let mut entry = SendMessageBatchRequestEntry::builder()
@@ -433,7 +433,7 @@ impl Queue for SqsQueue {
             // Only mpconnect packs; anything else that named an attribute so keeps it as it is.
             if let Some(Ok(unpacked)) = attributes
                 .get(PACKED_ATTRIBUTES)
-                .map(|packed| serde_json::from_str::<Attributes>(packed))
+                .map(serde_json::from_str::<Attributes>)
             {
                 attributes.remove(PACKED_ATTRIBUTES);
                 attributes.extend(unpacked);
