@@ -318,12 +318,54 @@ impl<'de> Scanner<'de> {
     }
 }
 
-/// Where the run of digits from `at` ends.
+/// Where the run of digits from `at` ends: sixteen bytes at a time (ids and timestamps run to
+/// 13-19 digits; a byte at a time was an eighth of the read).
 fn digits_end(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(chunk) = bytes
+        .get(at..at + 16)
+        .and_then(|c| <&[u8; 16]>::try_from(c).ok())
+    {
+        let mask = non_digits_in(chunk);
+        if mask != 0 {
+            return at + mask.trailing_zeros() as usize;
+        }
+        at += 16;
+    }
     while matches!(bytes.get(at), Some(b'0'..=b'9')) {
         at += 1;
     }
     at
+}
+
+/// A bit for each byte of `chunk` that is not an ASCII digit.
+#[cfg(target_arch = "x86_64")]
+fn non_digits_in(chunk: &[u8; 16]) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_set1_epi8,
+        _mm_sub_epi8,
+    };
+    // SAFETY: as in `stops_in`: SSE2 is part of every x86_64 target, and the load reads
+    // `chunk`'s sixteen bytes.
+    unsafe {
+        let bytes = _mm_loadu_si128(chunk.as_ptr().cast());
+        // A digit is at most 9 above '0' (unsigned: below '0' wraps round to above 9).
+        let above_zero = _mm_sub_epi8(bytes, _mm_set1_epi8(b'0' as i8));
+        let nine = _mm_set1_epi8(9);
+        let digit = _mm_cmpeq_epi8(_mm_max_epu8(above_zero, nine), nine);
+        !(_mm_movemask_epi8(digit) as u32) & 0xffff
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn non_digits_in(chunk: &[u8; 16]) -> u32 {
+    non_digits_in_plainly(chunk)
+}
+
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn non_digits_in_plainly(chunk: &[u8; 16]) -> u32 {
+    chunk.iter().enumerate().fold(0, |mask, (i, &b)| {
+        mask | (u32::from(!b.is_ascii_digit()) << i)
+    })
 }
 
 /// ASCII digits as a `u64`, or `None` past `u64::MAX`.

@@ -5,7 +5,9 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::{Scanner, stops_in, stops_in_plainly};
+use super::{
+    Scanner, digits_end, non_digits_in, non_digits_in_plainly, stops_in, stops_in_plainly,
+};
 use crate::json::read::Skip;
 
 /// Writes down every call a deserializer makes to its visitors.
@@ -438,6 +440,46 @@ fn the_quick_reader_takes_the_sample_and_the_bench_bodies() {
                 let expected = crate::parse_batch_as_sent(batch.as_bytes()).unwrap();
                 assert_eq!((read, !normalised), expected);
             }
+        }
+    }
+}
+
+/// The vector test for digits marks the bytes the plain one marks, for every byte value at
+/// every place, and a run of digits ends where a byte at a time ends it, across chunks.
+#[test]
+fn the_vector_digit_test_marks_what_the_plain_test_marks() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for value in 0..=255u8 {
+        for at in 0..16 {
+            let mut chunk = [b'7'; 16];
+            chunk[at] = value;
+            assert_eq!(
+                non_digits_in(&chunk),
+                non_digits_in_plainly(&chunk),
+                "{value:#x} at {at}"
+            );
+        }
+    }
+    for _ in 0..10_000 {
+        let chunk: [u8; 16] = std::array::from_fn(|_| rng.next() as u8);
+        assert_eq!(
+            non_digits_in(&chunk),
+            non_digits_in_plainly(&chunk),
+            "{chunk:?}"
+        );
+    }
+    for len in 0..40 {
+        for tail in [b",".as_slice(), b"}", b"e5", b".0", b""] {
+            let mut text = b"-".to_vec();
+            text.extend(std::iter::repeat_n(b'3', len));
+            text.extend_from_slice(tail);
+            let plain = 1 + text[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+            assert_eq!(
+                digits_end(&text, 1),
+                plain,
+                "{}",
+                String::from_utf8_lossy(&text)
+            );
         }
     }
 }
