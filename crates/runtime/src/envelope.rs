@@ -213,23 +213,33 @@ impl IngestEnvelope {
     /// The envelope its attributes describe. Missing attributes read as absent; a route that
     /// does not parse is an error (the copy owes something, and it cannot say what).
     pub fn from_attributes(a: &crate::Attributes) -> Result<Self, EnvelopeError> {
-        let get = |key: &str| a.get(key).map(str::to_owned);
-        Ok(IngestEnvelope {
-            source: get(attr::SOURCE).unwrap_or_default(),
-            content_type: get(attr::CONTENT_TYPE).unwrap_or_default(),
-            traceparent: get(attr::TRACEPARENT),
-            tracestate: get(attr::TRACESTATE),
-            received_at_ms: number(a, attr::RECEIVED_AT),
-            endpoint: get(attr::ENDPOINT),
-            historical: a.get(attr::HISTORICAL).is_some_and(|v| v == "true"),
-            s3_origin: get(attr::S3_OBJECT).map(|object| S3Origin {
-                object,
-                line: number(a, attr::S3_LINE).unwrap_or(0),
-            }),
-            batch_id: get(attr::BATCH_ID),
-            owed: a.get(attr::ROUTE).map(decode_routes).transpose()?,
-            attempts: number(a, attr::ATTEMPTS).unwrap_or(0),
-        })
+        // One pass over the entries (the map is a run of them, not a tree: a lookup per
+        // field walked it a dozen times).
+        let mut envelope = IngestEnvelope::default();
+        let (mut s3_object, mut s3_line) = (None, None);
+        let text = |v: &str| Some(v.to_owned());
+        for (key, value) in a.iter() {
+            match key {
+                attr::SOURCE => envelope.source = value.to_owned(),
+                attr::CONTENT_TYPE => envelope.content_type = value.to_owned(),
+                attr::TRACEPARENT => envelope.traceparent = text(value),
+                attr::TRACESTATE => envelope.tracestate = text(value),
+                attr::RECEIVED_AT => envelope.received_at_ms = value.parse().ok(),
+                attr::ENDPOINT => envelope.endpoint = text(value),
+                attr::HISTORICAL => envelope.historical = value == "true",
+                attr::S3_OBJECT => s3_object = text(value),
+                attr::S3_LINE => s3_line = value.parse().ok(),
+                attr::BATCH_ID => envelope.batch_id = text(value),
+                attr::ROUTE => envelope.owed = Some(decode_routes(value)?),
+                attr::ATTEMPTS => envelope.attempts = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        envelope.s3_origin = s3_object.map(|object| S3Origin {
+            object,
+            line: s3_line.unwrap_or(0),
+        });
+        Ok(envelope)
     }
 }
 
@@ -298,6 +308,7 @@ mod tests {
     fn an_ingest_envelope_reads_back_as_written() {
         let envelope = IngestEnvelope {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: Some("vendor=x".into()),
             received_at_ms: Some(1_700_000_000_000),
             endpoint: Some("s3".into()),
             historical: true,
@@ -319,8 +330,11 @@ mod tests {
             attempts: 3,
             ..IngestEnvelope::new("web", content_type::BATCH)
         };
-        let message = envelope.to_message(vec![1, 2]);
+        let mut message = envelope.to_message(vec![1, 2]);
         assert_eq!(&message.attributes[attr::ROUTE], "c/mp,c/s3");
+        // Attributes it does not name (a claim check, a newer version's) are passed over.
+        message.attributes.insert(attr::CLAIM_CHECK, "claims/x");
+        message.attributes.insert("mp-from-the-future", "1");
         assert_eq!(
             IngestEnvelope::from_attributes(&message.attributes),
             Ok(envelope)
