@@ -320,18 +320,32 @@ impl<'de> Scanner<'de> {
 
 /// Where the run of digits from `at` ends: sixteen bytes at a time (ids and timestamps run to
 /// 13-19 digits; a byte at a time was an eighth of the read).
-fn digits_end(bytes: &[u8], mut at: usize) -> usize {
+fn digits_end(bytes: &[u8], at: usize) -> usize {
+    first_marked(bytes, at, non_digits_in, |b| !b.is_ascii_digit())
+}
+
+/// The first byte at or after `at` that `marks` (the input's length if none): sixteen bytes at
+/// a time by `marks_in` (a bit for each byte it marks), then the last few one at a time.
+fn first_marked(
+    bytes: &[u8],
+    mut at: usize,
+    marks_in: impl Fn(&[u8; 16]) -> u32,
+    marks: impl Fn(u8) -> bool,
+) -> usize {
     while let Some(chunk) = bytes
         .get(at..at + 16)
         .and_then(|c| <&[u8; 16]>::try_from(c).ok())
     {
-        let mask = non_digits_in(chunk);
+        let mask = marks_in(chunk);
         if mask != 0 {
             return at + mask.trailing_zeros() as usize;
         }
         at += 16;
     }
-    while matches!(bytes.get(at), Some(b'0'..=b'9')) {
+    while let Some(&b) = bytes.get(at) {
+        if marks(b) {
+            return at;
+        }
         at += 1;
     }
     at
@@ -438,24 +452,8 @@ fn stops(b: u8) -> bool {
 
 /// The first quote, backslash or control character at or after `at` (the input's length if
 /// none), sixteen bytes at a time (`serde_json` tests eight).
-fn string_stop(bytes: &[u8], mut at: usize) -> usize {
-    while let Some(chunk) = bytes
-        .get(at..at + 16)
-        .and_then(|c| <&[u8; 16]>::try_from(c).ok())
-    {
-        let mask = stops_in(chunk);
-        if mask != 0 {
-            return at + mask.trailing_zeros() as usize;
-        }
-        at += 16;
-    }
-    while let Some(&b) = bytes.get(at) {
-        if stops(b) {
-            return at;
-        }
-        at += 1;
-    }
-    at
+fn string_stop(bytes: &[u8], at: usize) -> usize {
+    first_marked(bytes, at, stops_in, stops)
 }
 
 /// A bit for each byte of `chunk` that [`stops`], in three compares and a mask (the compiler

@@ -444,30 +444,34 @@ fn the_quick_reader_takes_the_sample_and_the_bench_bodies() {
     }
 }
 
-/// The vector test for digits marks the bytes the plain one marks, for every byte value at
-/// every place, and a run of digits ends where a byte at a time ends it, across chunks.
-#[test]
-fn the_vector_digit_test_marks_what_the_plain_test_marks() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+/// `vector` marks the bytes `plain` marks: every byte value at every place among `filler`s,
+/// and random chunks.
+fn marks_as_plainly(vector: fn(&[u8; 16]) -> u32, plain: fn(&[u8; 16]) -> u32, filler: u8) {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     for value in 0..=255u8 {
         for at in 0..16 {
-            let mut chunk = [b'7'; 16];
+            let mut chunk = [filler; 16];
             chunk[at] = value;
-            assert_eq!(
-                non_digits_in(&chunk),
-                non_digits_in_plainly(&chunk),
-                "{value:#x} at {at}"
-            );
+            assert_eq!(vector(&chunk), plain(&chunk), "{value:#x} at {at}");
         }
     }
     for _ in 0..10_000 {
         let chunk: [u8; 16] = std::array::from_fn(|_| rng.next() as u8);
-        assert_eq!(
-            non_digits_in(&chunk),
-            non_digits_in_plainly(&chunk),
-            "{chunk:?}"
-        );
+        assert_eq!(vector(&chunk), plain(&chunk), "{chunk:?}");
     }
+}
+
+/// The vector test of sixteen bytes marks the bytes the plain one marks.
+#[test]
+fn the_vector_test_marks_what_the_plain_test_marks() {
+    marks_as_plainly(stops_in, stops_in_plainly, b'a');
+}
+
+/// The vector test for digits marks what the plain one marks, and a run of digits ends where
+/// a byte at a time ends it, across chunks.
+#[test]
+fn the_vector_digit_test_marks_what_the_plain_test_marks() {
+    marks_as_plainly(non_digits_in, non_digits_in_plainly, b'7');
     for len in 0..40 {
         for tail in [b",".as_slice(), b"}", b"e5", b".0", b""] {
             let mut text = b"-".to_vec();
@@ -481,27 +485,5 @@ fn the_vector_digit_test_marks_what_the_plain_test_marks() {
                 String::from_utf8_lossy(&text)
             );
         }
-    }
-}
-
-/// The vector test of sixteen bytes marks the bytes the plain one marks, for every byte value
-/// at every place.
-#[test]
-fn the_vector_test_marks_what_the_plain_test_marks() {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    for value in 0..=255u8 {
-        for at in 0..16 {
-            let mut chunk = [b'a'; 16];
-            chunk[at] = value;
-            assert_eq!(
-                stops_in(&chunk),
-                stops_in_plainly(&chunk),
-                "{value:#x} at {at}"
-            );
-        }
-    }
-    for _ in 0..10_000 {
-        let chunk: [u8; 16] = std::array::from_fn(|_| rng.next() as u8);
-        assert_eq!(stops_in(&chunk), stops_in_plainly(&chunk), "{chunk:?}");
     }
 }
