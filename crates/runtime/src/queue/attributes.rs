@@ -42,21 +42,30 @@ impl Attributes {
     /// The map `encoded` holds ([`Attributes::encoded`]'s form), if it is one: lengths that
     /// fit, UTF-8 texts, keys in order and each once. One copy, no other allocation.
     pub fn from_encoded(encoded: &[u8]) -> Option<Self> {
-        let mut at = 0;
-        let mut previous: Option<&[u8]> = None;
-        while at < encoded.len() {
-            let (key, after_key) = text_at(encoded, at)?;
-            let (value, end) = text_at(encoded, after_key)?;
-            std::str::from_utf8(key).ok()?;
-            std::str::from_utf8(value).ok()?;
+        let mut previous: Option<&str> = None;
+        each_entry(encoded, |key, _| {
             if previous.is_some_and(|p| p >= key) {
                 return None;
             }
             previous = Some(key);
-            at = end;
-        }
+            Some(())
+        })?;
         Some(Attributes {
             encoded: encoded.to_vec(),
+        })
+    }
+
+    /// The entries `encoded` holds in [`Attributes::encoded`]'s form but in any order (a key
+    /// given twice keeps its last value), if every length fits and every text is UTF-8: what
+    /// a writer other than this type may leave. Entries in order take one copy.
+    pub fn from_entries(encoded: &[u8]) -> Option<Self> {
+        Self::from_encoded(encoded).or_else(|| {
+            let mut attributes = Attributes::with_capacity(encoded.len());
+            each_entry(encoded, |key, value| {
+                attributes.insert(key, value);
+                Some(())
+            })?;
+            Some(attributes)
         })
     }
 
@@ -199,9 +208,21 @@ fn span_at(encoded: &[u8], at: usize) -> Option<((usize, usize), usize)> {
     (end <= encoded.len()).then_some(((start, end), end))
 }
 
-fn text_at(encoded: &[u8], at: usize) -> Option<(&[u8], usize)> {
-    let ((start, end), next) = span_at(encoded, at)?;
-    Some((&encoded[start..end], next))
+/// Hands `visit` each entry's key and value in the order written; `None` at a length that does
+/// not fit, a text that is not UTF-8, or where `visit` says `None`.
+fn each_entry<'a>(
+    encoded: &'a [u8],
+    mut visit: impl FnMut(&'a str, &'a str) -> Option<()>,
+) -> Option<()> {
+    let text = |(start, end): (usize, usize)| std::str::from_utf8(&encoded[start..end]).ok();
+    let mut at = 0;
+    while at < encoded.len() {
+        let (key, after_key) = span_at(encoded, at)?;
+        let (value, end) = span_at(encoded, after_key)?;
+        visit(text(key)?, text(value)?)?;
+        at = end;
+    }
+    Some(())
 }
 
 impl fmt::Debug for Attributes {
@@ -350,6 +371,13 @@ mod tests {
         let mut twice = encoded[..encoded.len() / 2].to_vec();
         twice.extend_from_slice(&encoded[..encoded.len() / 2]);
         assert!(Attributes::from_encoded(&twice).is_none());
+        // Read entry by entry, the same buffers give the map they describe.
+        assert_eq!(Attributes::from_entries(&swapped).as_ref(), Some(&good));
+        assert_eq!(
+            Attributes::from_entries(&twice),
+            Some(Attributes::from([("a", "1")]))
+        );
+        assert!(Attributes::from_entries(&encoded[..encoded.len() - 1]).is_none());
         // A text that is not UTF-8.
         let mut bad = Vec::new();
         bad.extend_from_slice(&1u32.to_le_bytes());
@@ -357,6 +385,7 @@ mod tests {
         bad.extend_from_slice(&1u32.to_le_bytes());
         bad.push(0xff);
         assert!(Attributes::from_encoded(&bad).is_none());
+        assert!(Attributes::from_entries(&bad).is_none());
         assert_eq!(Attributes::from_encoded(&[]), Some(Attributes::new()));
     }
 

@@ -350,27 +350,8 @@ fn decode_attributes(bytes: &[u8]) -> Option<Attributes> {
             json => serde_json::from_slice(json).ok(),
         };
     };
-    if let Some(attributes) = Attributes::from_encoded(rest) {
-        return Some(attributes);
-    }
-    // Not in key order (written by hand, or by a future version): read entry by entry.
-    let mut rest = rest;
-    let mut attributes = Attributes::new();
-    while !rest.is_empty() {
-        let key = next_text(&mut rest)?;
-        let value = next_text(&mut rest)?;
-        attributes.insert(key, value);
-    }
-    Some(attributes)
-}
-
-/// A length-prefixed text from the front of `rest`, which moves past it.
-fn next_text<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
-    let (len, after) = rest.split_first_chunk::<4>()?;
-    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
-    let (text, after) = after.split_at_checked(len)?;
-    *rest = after;
-    std::str::from_utf8(text).ok()
+    // In key order as this version writes them; read entry by entry otherwise.
+    Attributes::from_entries(rest)
 }
 
 /// A received message's attributes: a record whose attributes do not read (damaged on disk)
