@@ -119,14 +119,13 @@ fn new_traceparent(trace: u128, span: u64) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(55);
     out.push_str("00-");
-    for shift in (0..32).rev() {
-        out.push(char::from(HEX[((trace >> (shift * 4)) & 0xf) as usize]));
+    for (id, digits) in [(trace, 32), (u128::from(span), 16)] {
+        for shift in (0..digits).rev() {
+            out.push(char::from(HEX[((id >> (shift * 4)) & 0xf) as usize]));
+        }
+        out.push('-');
     }
-    out.push('-');
-    for shift in (0..16).rev() {
-        out.push(char::from(HEX[((span >> (shift * 4)) & 0xf) as usize]));
-    }
-    out.push_str("-01");
+    out.push_str("01");
     out
 }
 
