@@ -5,8 +5,8 @@
 //!
 //! A segment is never appended to after a restart, and is freed once no message refers to
 //! it; one that only a few long-parked messages still hold is compacted (they move to the
-//! active segment) so the disk holds about what the queues hold. Only the writer thread uses
-//! it, in the same transaction as the rows that point into it: a row is committed only after
+//! active segment) so the disk holds about what the queues hold. Only the group commit (the
+//! caller holding the embedded queue's writer) uses it, in the same transaction as the rows that point into it: a row is committed only after
 //! its body is written (and, with `sync = full`, synced).
 //!
 //! A freed segment is kept as a spare (a few at most) and written over when the active one
