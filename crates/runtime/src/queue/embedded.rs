@@ -56,12 +56,28 @@ impl Inner {
         let mut all = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
         all.entry(name.into()).or_default().clone()
     }
+}
 
-    /// The jobs waiting, at most [`GROUP_COMMIT_MAX`] of them, oldest first.
-    fn take_pending(&self) -> Vec<Job> {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let take = pending.len().min(GROUP_COMMIT_MAX);
-        pending.drain(..take).collect()
+/// The jobs waiting in `pending`, at most [`GROUP_COMMIT_MAX`] of them, oldest first.
+fn take_pending(pending: &Mutex<Vec<Job>>) -> Vec<Job> {
+    let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+    let take = pending.len().min(GROUP_COMMIT_MAX);
+    pending.drain(..take).collect()
+}
+
+impl Drop for Inner {
+    /// What is still waiting (callers that gave up: an ack, a nack) runs before the database
+    /// closes, as it would have had they stayed.
+    fn drop(&mut self) {
+        let leader = self.writer.get_mut();
+        while !self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            leader.lead(&self.pending);
+        }
     }
 }
 
@@ -92,7 +108,7 @@ fn checkpointer(conn: Connection, alive: std::sync::Weak<Inner>) {
         }
         // `try_lock`: a caller holding the writer does both itself.
         if let Ok(mut leader) = inner.writer.try_lock() {
-            leader.lead(&inner);
+            leader.lead(&inner.pending);
         }
     }
 }
@@ -138,9 +154,9 @@ impl Leader {
     }
 
     /// Collection if due, then the jobs waiting, in one transaction.
-    fn lead(&mut self, inner: &Inner) {
+    fn lead(&mut self, pending: &Mutex<Vec<Job>>) {
         self.collect_if_due();
-        let batch = inner.take_pending();
+        let batch = take_pending(pending);
         if batch.is_empty() {
             return;
         }
@@ -723,7 +739,7 @@ impl EmbeddedDb {
                     }
                     // Synchronous: no await while the writer is held, so a caller that gives
                     // up cannot leave a transaction half done.
-                    leader.lead(&self.inner);
+                    leader.lead(&self.inner.pending);
                 }
             }
         }
@@ -1550,6 +1566,29 @@ mod tests {
         let got = receive_all(&queue).await;
         assert_eq!(got.len(), 1);
         assert_eq!(&got[0].body[..], b"left");
+    }
+
+    /// ... and runs, at the latest, when the database closes.
+    #[tokio::test]
+    async fn a_job_left_by_a_caller_that_gave_up_runs_before_the_database_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        {
+            let db = EmbeddedDb::open(&path, EmbeddedSync::Normal).unwrap();
+            let queue = db.queue("q");
+            let held = db.inner.writer.lock().await;
+            let send = queue.send(vec![Message::new("left at close")]);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(10), send)
+                    .await
+                    .is_err()
+            );
+            drop(held);
+        }
+        let db = EmbeddedDb::open(&path, EmbeddedSync::Normal).unwrap();
+        let got = receive_all(&db.queue("q")).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].body[..], b"left at close");
     }
 
     /// Receivers already waiting when a send arrives all get to work when the send is more
