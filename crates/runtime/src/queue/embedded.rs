@@ -1534,6 +1534,19 @@ mod tests {
         assert_eq!(&got[0].body[..], b"after");
     }
 
+    /// A send whose caller gives up while another holds the writer: polled until its job is
+    /// queued, then dropped.
+    async fn give_up_on_a_send(db: &EmbeddedDb, queue: &EmbeddedQueue, body: &str) {
+        let held = db.inner.writer.lock().await;
+        let send = queue.send(vec![Message::new(body.to_owned())]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), send)
+                .await
+                .is_err()
+        );
+        drop(held);
+    }
+
     /// A caller that gives up before its turn leaves its job waiting: the checkpointer's pass
     /// runs it with no other caller coming.
     #[tokio::test]
@@ -1541,15 +1554,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(&dir.path().join("q.db"), EmbeddedSync::Normal).unwrap();
         let queue = db.queue("q");
-        let held = db.inner.writer.lock().await;
-        let send = queue.send(vec![Message::new("left")]);
-        // Polled once (its job queued, waiting for the writer), then dropped.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), send)
-                .await
-                .is_err()
-        );
-        drop(held);
+        give_up_on_a_send(&db, &queue, "left").await;
         // Watched through a connection of its own: any call on the queue would run the job
         // itself.
         let watcher = Connection::open(dir.path().join("q.db")).unwrap();
@@ -1575,15 +1580,7 @@ mod tests {
         let path = dir.path().join("q.db");
         {
             let db = EmbeddedDb::open(&path, EmbeddedSync::Normal).unwrap();
-            let queue = db.queue("q");
-            let held = db.inner.writer.lock().await;
-            let send = queue.send(vec![Message::new("left at close")]);
-            assert!(
-                tokio::time::timeout(Duration::from_millis(10), send)
-                    .await
-                    .is_err()
-            );
-            drop(held);
+            give_up_on_a_send(&db, &db.queue("q"), "left at close").await;
         }
         let db = EmbeddedDb::open(&path, EmbeddedSync::Normal).unwrap();
         let got = receive_all(&db.queue("q")).await;
