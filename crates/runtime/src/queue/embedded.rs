@@ -726,17 +726,12 @@ impl EmbeddedDb {
             .push(job);
         loop {
             tokio::select! {
+                // The answer first: a leader takes and answers (or drops) jobs while it holds
+                // the writer, so by the time this caller gets it, a job the leader before
+                // ran is answered, and this caller need not lead.
                 biased;
                 result = &mut answered => return result.map_err(|_| stopped())?,
                 mut leader = self.inner.writer.lock() => {
-                    // The leader before may have run this job already.
-                    match answered.try_recv() {
-                        Ok(result) => return result,
-                        Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                            return Err(stopped());
-                        }
-                        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
-                    }
                     // Synchronous: no await while the writer is held, so a caller that gives
                     // up cannot leave a transaction half done.
                     leader.lead(&self.inner.pending);
