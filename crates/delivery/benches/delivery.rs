@@ -163,7 +163,7 @@ async fn main() {
     let pack_time = started.elapsed();
     let parts: Vec<usize> = split
         .iter()
-        .flat_map(|r| schema::decode_batches(&r.body).unwrap())
+        .flat_map(|r| schema::decode_batches(&r.body.to_vec()).unwrap())
         .map(|b| schema::encode_batch(&b, schema::Dialect::Inbound).len())
         .collect();
     let (request_fill, per_request) = fill(&split);

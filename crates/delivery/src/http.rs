@@ -98,7 +98,7 @@ impl Poster {
     pub async fn post_json(
         &self,
         url: &str,
-        body: Vec<u8>,
+        body: JsonBody,
         traces: &[&str],
         deadline: Instant,
     ) -> Answer {
@@ -134,7 +134,7 @@ impl Poster {
     async fn post_traced(
         &self,
         url: &str,
-        body: Vec<u8>,
+        body: JsonBody,
         batches: usize,
         traceparent: &str,
         deadline: Instant,
@@ -177,7 +177,7 @@ impl Poster {
             .post(url)
             .timeout(self.timeout.min(left))
             .header(CONTENT_TYPE, "application/json")
-            .body(body);
+            .body(body.into_reqwest());
         if let Some(value) = authorization {
             request = request.header(AUTHORIZATION, value);
         }
@@ -285,4 +285,95 @@ pub fn sensitive(value: &str) -> Result<HeaderValue, String> {
         HeaderValue::from_str(value).map_err(|_| "not a valid header value".to_owned())?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// A request body made of pieces sent one after another: a packed Events API request is its
+/// batches' JSON between `[`, `,` and `]`, and a pass-through batch's JSON is a view of the
+/// queue message it came in. Sent in pieces (hyper writes them with `writev`), a 256 KB body
+/// is not copied together first: that copy was ~2.5% of `mpconnect all`'s CPU.
+#[derive(Debug, Clone, Default)]
+pub struct JsonBody {
+    pieces: Vec<bytes::Bytes>,
+    len: usize,
+}
+
+impl JsonBody {
+    pub fn with_capacity(pieces: usize) -> Self {
+        JsonBody {
+            pieces: Vec::with_capacity(pieces),
+            len: 0,
+        }
+    }
+
+    pub fn push(&mut self, piece: impl Into<bytes::Bytes>) {
+        let piece = piece.into();
+        self.len += piece.len();
+        self.pieces.push(piece);
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole body in one buffer (tests, and answers that quote it).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut all = Vec::with_capacity(self.len);
+        for piece in &self.pieces {
+            all.extend_from_slice(piece);
+        }
+        all
+    }
+
+    fn into_reqwest(mut self) -> reqwest::Body {
+        match self.pieces.len() {
+            0 => reqwest::Body::from(bytes::Bytes::new()),
+            1 => reqwest::Body::from(self.pieces.swap_remove(0)),
+            _ => reqwest::Body::wrap(Pieces {
+                pieces: self.pieces.into(),
+                left: self.len as u64,
+            }),
+        }
+    }
+}
+
+impl From<Vec<u8>> for JsonBody {
+    fn from(all: Vec<u8>) -> Self {
+        let mut body = JsonBody::with_capacity(1);
+        body.push(all);
+        body
+    }
+}
+
+/// [`JsonBody`]'s pieces as an HTTP body of known length (so it goes with `Content-Length`).
+struct Pieces {
+    pieces: std::collections::VecDeque<bytes::Bytes>,
+    left: u64,
+}
+
+impl http_body::Body for Pieces {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let next = self.pieces.pop_front();
+        if let Some(piece) = &next {
+            self.left -= piece.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|piece| Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }

@@ -296,6 +296,17 @@ fn check(
     if authorization != state.expected_authorization {
         return (403, 0, error(403, "FORBIDDEN", "invalid API key or secret"));
     }
+    // Our client says how long a body is up front (a body sent in pieces too), never chunked:
+    // what a server that wants the size before reading expects.
+    let content_length = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if content_length != Some(bytes) {
+        violation(format!(
+            "a request of {bytes} bytes with content-length {content_length:?}"
+        ));
+    }
     if bytes > MAX_REQUEST_BYTES {
         violation(format!("a request of {bytes} bytes"));
         return (413, 0, error(413, "BAD_REQUEST", "request too large"));

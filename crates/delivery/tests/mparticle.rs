@@ -464,3 +464,47 @@ async fn a_hanging_request_costs_only_its_own_batches() {
     assert_eq!(arrived.len(), 150, "every batch once");
     stage.stop().await;
 }
+
+/// Pass-through batches go out as the sender's bytes, sent in pieces (no copy into one
+/// buffer), with the request's length up front: the fake counts every byte and flags a
+/// request whose `Content-Length` is missing or wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_batches_arrive_byte_for_byte_with_their_length() {
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let stage = Stage::start(vec![(
+        quick("mp"),
+        mparticle("mp", &fake.base_url(), secret()),
+    )])
+    .await;
+    let mut sent_bytes = 0;
+    let mut batches = Vec::new();
+    for i in 0..60 {
+        // The sender's own spacing, which an encoder of ours would not reproduce.
+        let text = format!(
+            "{{ \"environment\" : \"production\",\n  \"source_request_id\":\"pt-{i:03}\", \"events\":[ {{\"event_type\":\"custom_event\",\"data\":{{\"event_name\":\"e{i}\",\"custom_event_type\":\"other\",\"custom_attributes\":{{\"pad\":\"{}\"}}}}}} ] }}",
+            "x".repeat(i * 400)
+        );
+        let (full, as_sent) = schema::parse_batch_as_sent(text.as_bytes()).unwrap();
+        assert!(as_sent);
+        let through = schema::pass_through(&full, text.as_bytes()).unwrap();
+        assert!(schema::is_pass_through(&through));
+        sent_bytes += text.len();
+        batches.push(routed(through));
+    }
+    let outcomes = stage.deliver("mp", batches).await;
+    assert_eq!(count(&outcomes, Outcome::Delivered), 60);
+    let requests = fake.requests();
+    let received_bytes: usize = requests.iter().map(|r| r.bytes).sum();
+    let batches_sent: usize = requests.iter().map(|r| r.batches).sum();
+    // Several requests (~700 KB in all); each adds its brackets and a comma between batches.
+    assert!(requests.len() >= 3, "{} requests", requests.len());
+    assert_eq!(batches_sent, 60);
+    assert_eq!(
+        received_bytes,
+        sent_bytes + 2 * requests.len() + (60 - requests.len())
+    );
+    let arrived: BTreeSet<String> = fake.request_ids().into_iter().collect();
+    assert_eq!(arrived, (0..60).map(|i| format!("pt-{i:03}")).collect());
+    assert_eq!(fake.violations(), Vec::<String>::new());
+    stage.stop().await;
+}

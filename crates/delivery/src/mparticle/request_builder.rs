@@ -4,9 +4,11 @@
 //! attributes, device, consent) and carry its `source_request_id` suffixed per part, since
 //! mParticle deduplicates on that id.
 
+use bytes::Bytes;
 use schema::v1::Batch;
 use schema::{Dialect, limits};
-use std::borrow::Cow;
+
+use crate::http::JsonBody;
 
 /// What one request may hold (mParticle's limits, NOTES §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +41,7 @@ pub struct Part<K> {
 /// One request body and the batches in it.
 #[derive(Debug, Clone)]
 pub struct Request<K> {
-    pub body: Vec<u8>,
+    pub body: JsonBody,
     pub parts: Vec<Part<K>>,
 }
 
@@ -60,7 +62,7 @@ pub enum PackError {
 }
 
 /// A batch (or a part of one) ready to go, as its JSON.
-type Encoded<'a, K> = (Part<K>, Cow<'a, [u8]>);
+type Encoded<K> = (Part<K>, Bytes);
 
 /// Packs `batches` into requests, in order. Each batch is prepared for the Events API (the
 /// outbound-only fields of mParticle's outputs removed) and encoded in the inbound dialect.
@@ -69,8 +71,9 @@ pub fn pack<'a, K: Clone>(
     batches: impl IntoIterator<Item = (K, &'a Batch)>,
     limits: PackLimits,
 ) -> (Vec<Request<K>>, Vec<(K, PackError)>) {
-    // Pass-through batches are borrowed: their bytes are copied once, into the request.
-    let mut encoded: Vec<Encoded<'a, K>> = Vec::new();
+    // Pass-through batches go as they are: their bytes are a view of the queue message's, and
+    // the request is sent in pieces, so they are never copied on the way.
+    let mut encoded: Vec<Encoded<K>> = Vec::new();
     let mut refused = Vec::new();
     for (position, (key, batch)) in batches.into_iter().enumerate() {
         // A pass-through batch goes out as the sender's bytes, when they fit.
@@ -81,7 +84,7 @@ pub fn pack<'a, K: Clone>(
                     index: 0,
                     of: 1,
                 },
-                Cow::Borrowed(batch.inbound_json.as_ref()),
+                batch.inbound_json.clone(),
             ));
             continue;
         }
@@ -108,7 +111,7 @@ pub fn pack<'a, K: Clone>(
                     index: 0,
                     of: 1,
                 },
-                Cow::Owned(bytes),
+                Bytes::from(bytes),
             ));
             continue;
         }
@@ -122,7 +125,7 @@ pub fn pack<'a, K: Clone>(
                             index,
                             of,
                         },
-                        Cow::Owned(bytes),
+                        Bytes::from(bytes),
                     )
                 }));
             }
@@ -131,8 +134,8 @@ pub fn pack<'a, K: Clone>(
     }
 
     // Which parts go together, by size alone ("[" + batches joined by ","; the "]" to come;
-    // one more batch adds "," and itself), then each body is written at that size.
-    let mut groups: Vec<(usize, Vec<Encoded<'a, K>>)> = Vec::new();
+    // one more batch adds "," and itself), then each body is laid out as its pieces.
+    let mut groups: Vec<(usize, Vec<Encoded<K>>)> = Vec::new();
     for (part, bytes) in encoded {
         match groups.last_mut() {
             Some((size, group))
@@ -147,15 +150,19 @@ pub fn pack<'a, K: Clone>(
     }
     let requests = groups
         .into_iter()
-        .map(|(size, group)| {
-            let mut body = Vec::with_capacity(size + 1);
+        .map(|(_, group)| {
+            let mut body = JsonBody::with_capacity(2 * group.len() + 1);
             let mut parts = Vec::with_capacity(group.len());
             for (part, bytes) in group {
-                body.push(if parts.is_empty() { b'[' } else { b',' });
-                body.extend_from_slice(&bytes);
+                body.push(Bytes::from_static(if parts.is_empty() {
+                    b"["
+                } else {
+                    b","
+                }));
+                body.push(bytes);
                 parts.push(part);
             }
-            body.push(b']');
+            body.push(Bytes::from_static(b"]"));
             Request { body, parts }
         })
         .collect();
@@ -243,7 +250,7 @@ mod tests {
         let (requests, refused) = pack([(0usize, &through), (1, &full)], PackLimits::default());
         assert!(refused.is_empty());
         assert_eq!(requests.len(), 1);
-        let body = &requests[0].body;
+        let body = &requests[0].body.to_vec();
         let expected = [
             b"[".as_slice(),
             sent,
@@ -282,7 +289,7 @@ mod tests {
             );
             assert!(r.parts.len() <= limits.max_batches);
             let parsed: Vec<serde_json::Value> =
-                serde_json::from_slice(&r.body).expect("a JSON array");
+                serde_json::from_slice(&r.body.to_vec()).expect("a JSON array");
             assert_eq!(parsed.len(), r.parts.len());
             for b in parsed {
                 assert!(b.to_string().len() <= limits.max_batch_bytes);
@@ -342,7 +349,7 @@ mod tests {
         check(&requests, PackLimits::default());
         let parts: Vec<Batch> = requests
             .iter()
-            .flat_map(|r| schema::decode_batches(&r.body).unwrap())
+            .flat_map(|r| schema::decode_batches(&r.body.to_vec()).unwrap())
             .collect();
         let n = parts.len();
         assert!(n >= 4, "{n} parts");
@@ -420,7 +427,7 @@ mod tests {
         b.unique_id = Some("u".into());
         b.events[0].message_id = Some("m".into());
         let (requests, _) = pack([(0usize, &b)], PackLimits::default());
-        let body = String::from_utf8(requests[0].body.clone()).unwrap();
+        let body = String::from_utf8(requests[0].body.to_vec()).unwrap();
         assert!(
             !body.contains("\"message_type\"")
                 && !body.contains("\"unique_id\"")

@@ -35,7 +35,12 @@ impl WebhookDriver {
         };
         let body = schema::encode_batch(inner, schema::Dialect::Outbound);
         self.poster
-            .post_json(&self.settings.url, body, &[&batch.traceparent], deadline)
+            .post_json(
+                &self.settings.url,
+                body.into(),
+                &[&batch.traceparent],
+                deadline,
+            )
             .await
     }
 }
