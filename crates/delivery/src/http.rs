@@ -319,7 +319,7 @@ impl JsonBody {
         self.len == 0
     }
 
-    /// The whole body in one buffer (tests, and answers that quote it).
+    /// The whole body in one buffer (for tests and benches; requests go in pieces).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut all = Vec::with_capacity(self.len);
         for piece in &self.pieces {
